@@ -1,0 +1,134 @@
+"""gRPC plumbing shared by the services' thin servers and clients.
+
+- `make_server` / `make_channel`: message-size limits, keepalive and retry policy in one place.
+- `handle_errors`: maps the core's exceptions (rlhp.wire) to status codes with readable messages;
+  anything unexpected becomes INTERNAL with the error text, and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import traceback
+from concurrent import futures
+from typing import Any, Callable
+
+import grpc
+
+from rlhp import wire
+
+log = logging.getLogger("rlhp.rpc")
+
+_OPTIONS = [
+    ("grpc.max_send_message_length", wire.MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def _retry_config(service: str) -> str:
+    return json.dumps({
+        "methodConfig": [{
+            "name": [{"service": service}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }]
+    })
+
+
+def make_server(max_workers: int = 16) -> grpc.Server:
+    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=_OPTIONS)
+
+
+def bind(server: grpc.Server, host: str, port: int, tls: tuple[bytes, bytes] | None = None) -> int:
+    """Bind `host:port` (port 0 picks a free one); returns the bound port. `tls` is (cert, key) PEM."""
+    address = f"{host}:{port}"
+    if tls is not None:
+        creds = grpc.ssl_server_credentials([(tls[1], tls[0])])
+        bound = server.add_secure_port(address, creds)
+    else:
+        bound = server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"cannot bind {address} (in use, or not an address of this machine)")
+    return bound
+
+
+def make_channel(address: str, service: str, root_cert: bytes | None = None) -> grpc.Channel:
+    """A channel with our limits and a retry policy for UNAVAILABLE. Open it in the process that uses it."""
+    options = _OPTIONS + [("grpc.enable_retries", 1), ("grpc.service_config", _retry_config(service))]
+    if root_cert is not None:
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_cert), options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+_STATUS = [
+    (wire.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (wire.NotFound, grpc.StatusCode.NOT_FOUND),
+    (wire.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (wire.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+]
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode:
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def handle_errors(method: Callable) -> Callable:
+    """Decorate a servicer method (unary or streaming response) so errors become status codes."""
+
+    def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+        code = status_for(exc)
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("internal error in %s: %s", method.__name__, "".join(traceback.format_exception(exc)))
+            message = f"internal error in {method.__name__}: {type(exc).__name__}: {exc}"
+        else:
+            message = str(exc)
+        context.abort(code, message)
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # noqa: BLE001 — every error becomes a status, never a crash
+            if isinstance(exc, grpc.RpcError) or _is_abort(exc):
+                raise
+            _abort(context, exc)
+
+    @functools.wraps(method)
+    def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            yield from method(self, request, context)
+        except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, grpc.RpcError) or _is_abort(exc):
+                raise
+            _abort(context, exc)
+
+    import inspect
+
+    return streaming if inspect.isgeneratorfunction(method) else unary
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # context.abort raises a bare Exception subclass private to grpc; let it through untouched.
+    return type(exc).__module__.startswith("grpc")
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def token_from(context: grpc.ServicerContext) -> str:
+    for key, value in context.invocation_metadata():
+        if key == "authorization" and value.startswith("Bearer "):
+            return value[len("Bearer "):].strip()
+    return ""

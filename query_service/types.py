@@ -1,0 +1,110 @@
+"""Plain data types of the query service, shared by the core, the server and the client.
+
+`query_service.core.QueryService` (in-process) and `query_service.client.QueryClient` (over gRPC)
+offer the same methods with these types. The labeler methods take the labeler's token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from rlhp.wire import Preference
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    """A candidate segment with everything needed to label it and show it later."""
+
+    id: str
+    experiment: str
+    env_id: str
+    observations: np.ndarray  # [T, *obs_shape] what the reward model sees
+    actions: np.ndarray  # [T, *act_shape]
+    true_rewards: np.ndarray  # [T] float32: synthetic teacher and evaluation only
+    frames: np.ndarray | None = None  # [T, H, W, 3] uint8 RGB (Atari)
+    qpos: np.ndarray | None = None  # [T, nq] float64 (MuJoCo)
+    qvel: np.ndarray | None = None  # [T, nv] float64
+    env_step: int = 0
+    fps: float = 30.0
+    random_policy: bool = False
+
+
+@dataclass(frozen=True)
+class AddSegmentsResult:
+    accepted: int
+    duplicates: int
+    dropped: int
+    stored: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    labels: int
+    labels_wanted: int
+    queries_pending: int
+    label_budget: int
+
+
+@dataclass(frozen=True)
+class QueryData:
+    id: str
+    experiment: str
+    env_id: str
+    left_id: str
+    right_id: str
+    lease_expires: float  # unix seconds
+    model_version: int
+    fps: float
+    length: int
+    left_rewards: np.ndarray | None = None  # true rewards: teacher tokens only
+    right_rewards: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    available: bool
+    query: QueryData | None
+    waiting_for: str  # when nothing is available: what the service waits for, in words
+    pending: int
+    answered: int
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    status: str  # "ACCEPTED", "DUPLICATE" or "ALREADY_ANSWERED"
+    message: str
+    answered: int
+
+
+@dataclass(frozen=True)
+class ExperimentStats:
+    experiment: str
+    env_id: str
+    segments: int
+    queries_pending: int
+    queries_leased: int
+    labels: int
+    labels_wanted: int
+    label_budget: int
+    env_steps: int
+    labels_forwarded: int
+
+
+@dataclass(frozen=True)
+class LabelerStats:
+    name: str
+    answered: int
+    mean_seconds: float
+
+
+@dataclass(frozen=True)
+class QueryStats:
+    experiments: tuple[ExperimentStats, ...] = field(default_factory=tuple)
+    labelers: tuple[LabelerStats, ...] = field(default_factory=tuple)
+
+
+__all__ = ["SegmentRecord", "AddSegmentsResult", "Progress", "QueryData", "Lease", "SubmitResult",
+           "ExperimentStats", "LabelerStats", "QueryStats", "Preference", "Sequence"]
