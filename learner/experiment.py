@@ -1,0 +1,180 @@
+"""The experiment config: frozen dataclasses composed into one `ExperimentConfig`, saved as
+`config.yaml` in the run directory. Presets (`smoke`, `classic`, `mujoco`, `atari`) give the
+paper's settings per domain; a YAML/TOML file and `--set field=value` override any field."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from actors.envs import is_atari, is_mujoco
+from learner import configs
+from query_service.config import QueryConfig
+from reward_service.config import RewardConfig
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    env_id: str = "rlhp/FixedCartPole-v0"
+    """gymnasium id: `ALE/<Game>-v5`, a MuJoCo `*-v5`, classic control, or `rlhp/FixedCartPole-v0`."""
+    segment_length: int = 0
+    """Steps per segment (clip); 0 picks the paper's default (25 Atari, ~1.5 s MuJoCo)."""
+    segment_fraction: float = 0.1
+    """Share of the sampled non-overlapping windows streamed to the query service as candidates."""
+    env_opts: dict = field(default_factory=dict)
+    """Extra keyword options for `actors.envs.make_env` (e.g. `terminal_on_life_loss`)."""
+
+
+@dataclass(frozen=True)
+class RLConfig:
+    algo: str = "ppo"
+    """`ppo` (default) or `appo` (many-worker Atari)."""
+    num_env_runners: int = 0
+    """Remote RLlib env runners (Ray actors); 0 samples in the driver process."""
+    num_envs_per_env_runner: int = 1
+    """Vectorised envs per env runner."""
+    num_learners: int = 0
+    """Remote learners; 0 trains in the driver process."""
+    overrides: dict = field(default_factory=dict)
+    """RLlib settings passed through as they are (`lr`, `train_batch_size_per_learner`, ...)."""
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """The synthetic labeler (B-Pref knobs): used when `run.labelers` is `synthetic`."""
+
+    beta: float = math.inf
+    """Boltzmann rationality: P(left) = σ(β·ΔR); inf answers deterministically."""
+    mistake_prob: float = 0.0
+    """Probability of flipping the answer."""
+    skip_threshold: float = -math.inf
+    """Skip (can't tell) when both segment returns are below this."""
+    equal_threshold: float = 0.0
+    """Answer EQUAL when |ΔR| is at most this."""
+    gamma: float = 1.0
+    """Myopic discount: later steps weigh more (γ < 1)."""
+    labelers: int = 1
+    """Synthetic labelers answering in parallel."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = ""
+    """Run name: the directory `runs_dir/name` (default: derived from the env id)."""
+    runs_dir: str = "runs"
+    """Where run directories live."""
+    max_env_steps: int = 1_000_000
+    """Stop after this many env steps."""
+    labelers: str = "synthetic"
+    """`synthetic` (the teacher answers from true rewards) or `human` (wait for `rlhp label`)."""
+    seed: int = 0
+    """Seed of RLlib, the reward ensemble and the teacher."""
+    checkpoint_every: int = 5
+    """Write policy, reward model and run state every N iterations (and at the end)."""
+    initial_segments: int = 0
+    """Random-policy segments collected before RL starts (0: enough for the initial labels)."""
+    pretrain_steps: int = 500
+    """Reward-model training steps on the initial labels before RL starts."""
+    host: str = "127.0.0.1"
+    """Where the embedded services bind (loopback by default; 0.0.0.0 exposes them)."""
+    reward_port: int = 0
+    """Embedded reward service port (0: a free one)."""
+    query_port: int = 0
+    """Embedded query service port (0: a free one)."""
+    initial_label_timeout_s: float = 0.0
+    """Give up waiting for the initial labels after this long (0: wait as long as it takes)."""
+    eval_every: int = 0
+    """Run an evaluation (true return, greedy policy) every N iterations; 0: only training episodes."""
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    query: QueryConfig = field(default_factory=QueryConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @property
+    def experiment(self) -> str:
+        return self.run.name or default_name(self.env.env_id)
+
+
+def default_name(env_id: str) -> str:
+    return env_id.replace("ALE/", "").replace("rlhp/", "").replace("/", "-").lower()
+
+
+PRESETS = ("smoke", "classic", "mujoco", "atari")
+
+
+def preset_for(env_id: str) -> str:
+    return "atari" if is_atari(env_id) else "mujoco" if is_mujoco(env_id) else "classic"
+
+
+def preset(name: str | None, env_id: str) -> ExperimentConfig:
+    """The preset's config for `env_id` (None: chosen from the env id)."""
+    name = name or preset_for(env_id)
+    env = EnvConfig(env_id=env_id)
+    if name == "smoke":
+        # A few iterations on anything: tests and a first look.
+        steps = 4000
+        return ExperimentConfig(
+            env=replace(env, segment_fraction=0.5),
+            rl=RLConfig(overrides=dict(train_batch_size_per_learner=500, minibatch_size=100, num_epochs=2)),
+            reward=RewardConfig.smoke(target_std=0.05 if is_atari(env_id) else 1.0),
+            query=QueryConfig.smoke(total_env_steps=float(steps), label_budget=30, initial_labels=10),
+            run=RunConfig(max_env_steps=steps, pretrain_steps=50, checkpoint_every=2, initial_segments=30),
+        )
+    if name == "classic":
+        steps = 60_000
+        return ExperimentConfig(
+            env=replace(env, segment_fraction=0.25),
+            reward=RewardConfig(members=3, hidden=(64, 64), steps_per_round=50),
+            query=QueryConfig(label_budget=200, initial_labels=50, schedule_n0=20_000.0,
+                              total_env_steps=float(steps), max_segments=1000),
+            run=RunConfig(max_env_steps=steps, pretrain_steps=300),
+        )
+    if name == "mujoco":
+        steps = 1_000_000
+        return ExperimentConfig(
+            env=env,
+            reward=RewardConfig(target_std=1.0),
+            query=QueryConfig.mujoco(label_budget=700, total_env_steps=float(steps)),
+            run=RunConfig(max_env_steps=steps),
+        )
+    if name == "atari":
+        steps = 10_000_000
+        return ExperimentConfig(
+            env=env,
+            rl=RLConfig(num_env_runners=1, num_envs_per_env_runner=4),
+            reward=RewardConfig(target_std=0.05, max_comparisons=3000),
+            query=QueryConfig.atari(label_budget=5500, total_env_steps=float(steps)),
+            run=RunConfig(max_env_steps=steps),
+        )
+    raise configs.ConfigError(f"unknown preset {name!r}; one of {', '.join(PRESETS)}")
+
+
+def resolve(env_id: str, preset_name: str | None = None, file: str | None = None,
+            sets: list[str] | None = None, **run_changes: Any) -> ExperimentConfig:
+    """Preset → file → `--set` overrides → explicit run fields; keeps the schedule's horizon in
+    step with the run's step budget."""
+    cfg = preset(preset_name, env_id)
+    if file:
+        cfg = configs.apply(cfg, configs.load_file(file))
+    if sets:
+        cfg = configs.apply(cfg, configs.parse_set(sets))
+    changes = {k: v for k, v in run_changes.items() if v is not None}
+    if changes:
+        cfg = configs.apply(cfg, {"run": changes})
+    if cfg.env.env_id != env_id and file is None and not sets:
+        cfg = replace(cfg, env=replace(cfg.env, env_id=env_id))
+    if cfg.query.total_env_steps != cfg.run.max_env_steps:
+        cfg = replace(cfg, query=replace(cfg.query, total_env_steps=float(cfg.run.max_env_steps)))
+    return cfg
+
+
+def load(path: str) -> ExperimentConfig:
+    """Read a saved `config.yaml` back (resume)."""
+    return configs.apply(ExperimentConfig(), configs.load_file(path))

@@ -1,0 +1,531 @@
+"""`rlhp train`: train an agent from preferences only.
+
+One command runs the whole loop of DESIGN.md §1 on one machine: a local Ray cluster, the reward
+service and the query service on loopback ports (SQLite under `runs/<name>/`), the synthetic teacher
+(or humans through `rlhp label`), and RLlib PPO whose rewards are replaced by the learned reward.
+
+The schedule (paper §2.2): random-policy segments → initial comparisons → reward-model pretraining
+→ RL on the learned reward, reporting env steps to the query service whose label schedule decays
+∝ N₀/(T+N₀). The run stops at its step budget. Everything needed to resume lives in the run
+directory: `config.yaml`, `policy/` (RLlib checkpoint), `reward/reward_model.pt`,
+`labels.sqlite` (labels, queries, schedule position) and `state.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from learner import configs, experiment
+from learner.experiment import ExperimentConfig
+from learner.metrics import MetricsWriter
+
+log = logging.getLogger("rlhp.train")
+
+
+class TrainError(RuntimeError):
+    """A run cannot start or continue; the message says why and what to do."""
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    if len(a) < 3 or np.std(a) < 1e-12 or np.std(b) < 1e-12:
+        return math.nan
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _find(result: dict, *path: str, default: Any = math.nan) -> Any:
+    node: Any = result
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+class Trainer:
+    """Owns the services, the labelers and the RLlib algorithm of one run."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, resume: bool = False,
+                 ray_address: str | None = None, reward_address: str | None = None,
+                 query_address: str | None = None, query_token: str | None = None,
+                 out: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.ray_address = ray_address
+        self.reward_address = reward_address
+        self.query_address = query_address
+        self.producer_token = query_token or ""
+        self.say = out or (lambda s: print(s, flush=True))
+        self.experiment = cfg.experiment
+        self.model = None  # in-process RewardModel (embedded reward service)
+        self.reward_server = None
+        self.qcore = None  # in-process QueryService (embedded query service)
+        self.query_server = None
+        self.algo = None
+        self.iteration = 0
+        self.env_steps = 0
+        self.step_offset = 0
+        self.labeler_token = ""
+        self._stop = threading.Event()
+        self._teachers: list[threading.Thread] = []
+        self._owns_ray = False
+
+    # ---- set-up ---------------------------------------------------------------------------
+
+    def _space(self):
+        from actors.envs import make_env
+        from rlhp.wire import Space
+
+        env = make_env(self.cfg.env.env_id, **dict(self.cfg.env.env_opts))
+        try:
+            return Space.from_gym(env.observation_space, env.action_space)
+        finally:
+            env.close()
+
+    def start_services(self) -> None:
+        from query_service.core import QueryService
+        from query_service.server import serve as serve_query
+        from reward_service.client import RewardClient
+        from reward_service.core import RewardModel
+        from reward_service.server import serve as serve_reward
+
+        host, run = self.cfg.run.host, self.cfg.run
+        reward_backend: Any
+        if self.reward_address is None:
+            ckpt = self.run_dir / "reward" / "reward_model.pt"
+            if self.resume and ckpt.exists():
+                self.model = RewardModel.load(str(ckpt))
+                self.say(f"reward model restored from {ckpt} (version {self.model.stats().model_version})")
+            else:
+                space = self._space()
+                rcfg = replace(self.cfg.reward, seed=self.cfg.run.seed)
+                self.model = RewardModel(space, rcfg, checkpoint_dir=str(self.run_dir / "reward"))
+            self.reward_server = serve_reward(self.model, host=host, port=run.reward_port)
+            self.reward_address = self.reward_server.address
+            reward_backend = self.model
+        else:
+            reward_backend = RewardClient(self.reward_address)
+        if self.query_address is None:
+            self.qcore = QueryService(self.run_dir, self.cfg.query, reward=reward_backend)
+            self.qcore.start()
+            self.query_server = serve_query(self.qcore, host=host, port=run.query_port)
+            self.query_address = self.query_server.address
+            self.producer_token = self._create_token(f"actors-{self.experiment}", "producer")
+        elif not self.producer_token:
+            raise TrainError("--query-address needs --query-token (a producer token: "
+                             "rlhp token create --role producer)")
+        self.say(f"reward service at {self.reward_address}, query service at {self.query_address}, "
+                 f"run directory {self.run_dir}")
+
+    def _create_token(self, name: str, role: str) -> str:
+        """A fresh token (only hashes are stored, so a resumed run makes new ones under new names)."""
+        assert self.qcore is not None
+        suffix = 0
+        while True:
+            candidate = name if suffix == 0 else f"{name}-{suffix}"
+            try:
+                return self.qcore.create_token(candidate, role, [self.experiment])
+            except Exception:  # noqa: BLE001 — name taken by a revoked token of an earlier run
+                suffix += 1
+                if suffix > 1000:
+                    raise
+
+    def start_labelers(self) -> None:
+        from query_service.client import QueryClient
+        from query_service.teacher import SyntheticTeacher, run_teacher
+
+        if self.cfg.run.labelers == "human":
+            if self.qcore is None:
+                self.say("labelers: humans, through the query service you gave (--query-address)")
+                return
+            self.labeler_token = self._create_token("human", "labeler")
+            self.say("Label at:  rlhp label --server " f"{self.query_address} --token {self.labeler_token}")
+            self.say("(then open the page it prints; more tokens: rlhp token create --run-dir "
+                     f"{self.run_dir} --name NAME)")
+            return
+        if self.qcore is None:
+            raise TrainError("the synthetic teacher needs the embedded query service (it creates its "
+                             "token); with --query-address run `rlhp teacher` next to the service")
+        t = self.cfg.teacher
+        for i in range(max(1, t.labelers)):
+            token = self._create_token(f"teacher-{i}", "teacher")
+            teacher = SyntheticTeacher(beta=t.beta, mistake_prob=t.mistake_prob,
+                                       skip_threshold=max(0.0, t.skip_threshold),
+                                       equal_threshold=t.equal_threshold, gamma=t.gamma,
+                                       seed=self.cfg.run.seed * 1000 + i)
+            client = QueryClient(self.query_address, token)
+            th = threading.Thread(target=self._teacher_loop, args=(client, teacher, run_teacher),
+                                  name=f"teacher-{i}", daemon=True)
+            th.start()
+            self._teachers.append(th)
+
+    def _teacher_loop(self, client, teacher, run_teacher) -> None:
+        try:
+            run_teacher(client, teacher, self._stop, experiments=[self.experiment], poll_seconds=0.1)
+        except Exception as e:  # noqa: BLE001 — report and let the run say it waits for labels
+            log.error("synthetic teacher stopped: %s", e)
+
+    # ---- the initial phase: random-policy segments, initial labels, pretraining ------------
+
+    def collect_random_segments(self) -> int:
+        from actors.envs import default_segment_length, make_env
+        from actors.segments import SegmentCutter
+        from query_service.client import QueryClient
+
+        q = self.cfg.query
+        want = self.cfg.run.initial_segments or max(20, 2 * q.initial)
+        length = self.cfg.env.segment_length or default_segment_length(self.cfg.env.env_id)
+        env = make_env(self.cfg.env.env_id, **dict(self.cfg.env.env_opts))
+        space = env.action_space
+        low = getattr(space, "low", None)
+        high = getattr(space, "high", None)
+        cutter = SegmentCutter(length, self.experiment, self.cfg.env.env_id, fraction=1.0,
+                               rng=self.cfg.run.seed, fps=float(getattr(env, "fps", 30.0)),
+                               action_low=low, action_high=high, random_policy=True)
+        space.seed(self.cfg.run.seed)
+        client = QueryClient(self.query_address, self.producer_token)
+        sent, episode = 0, 0
+        t0 = time.time()
+        try:
+            while sent < want:
+                obs, info = env.reset(seed=self.cfg.run.seed + episode)
+                track = cutter.start(obs, info)
+                done = False
+                batch = []
+                while not done and sent + len(batch) < want:
+                    action = space.sample()
+                    obs, _, term, trunc, info = env.step(action)
+                    rec = track.step(action, obs, info)
+                    if rec is not None:
+                        batch.append(rec)
+                    done = term or trunc
+                if batch:
+                    client.add_segments(batch)
+                    sent += len(batch)
+                episode += 1
+        finally:
+            env.close()
+            client.close()
+        self.say(f"collected {sent} random-policy segments of {length} steps "
+                 f"({episode} episodes, {time.time() - t0:.1f} s)")
+        return sent
+
+    def wait_for_initial_labels(self) -> None:
+        from query_service.client import QueryClient
+
+        need = self.cfg.query.initial
+        if need <= 0:
+            return
+        client = QueryClient(self.query_address, self.producer_token)
+        t0 = time.time()
+        last = -1
+        timeout = self.cfg.run.initial_label_timeout_s
+        try:
+            while True:
+                p = client.report_progress(self.experiment, self.env_steps)
+                have = p.labels
+                if have >= need:
+                    break
+                if have != last or time.time() - t0 > 30 and int(time.time() - t0) % 30 == 0:
+                    where = (f"label at: rlhp label --server {self.query_address} --token "
+                             f"{self.labeler_token}" if self.labeler_token else "synthetic teacher")
+                    self.say(f"waiting for the initial labels: {have}/{need} so far "
+                             f"({p.queries_pending} queries waiting; {where})")
+                    last = have
+                if timeout and time.time() - t0 > timeout:
+                    raise TrainError(f"only {have} of {need} initial labels after {timeout:.0f} s; "
+                                     "is anyone labeling?")
+                time.sleep(0.2)
+        finally:
+            client.close()
+        self.say(f"initial labels: {need} in {time.time() - t0:.1f} s")
+
+    def pretrain(self) -> None:
+        if self.model is None:
+            return
+        # Forwarding is asynchronous: make sure the initial labels reached the reward model.
+        deadline = time.time() + 60
+        while self.qcore is not None and self.qcore.unforwarded() > 0 and time.time() < deadline:
+            self.qcore.forward_once()
+        steps = self.cfg.run.pretrain_steps
+        if steps > 0:
+            t0 = time.time()
+            self.model.train(steps)
+            s = self.model.stats()
+            self.say(f"reward model pretrained: {steps} steps on {s.comparisons} comparisons in "
+                     f"{time.time() - t0:.1f} s (version {s.model_version}, val accuracy "
+                     f"{s.val_accuracy:.2f})")
+
+    # ---- RL -------------------------------------------------------------------------------
+
+    def start_ray(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            return
+        if self.ray_address:
+            ray.init(address=self.ray_address, log_to_driver=False)
+        else:
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                     num_cpus=max(2, self.cfg.rl.num_env_runners + 1), log_to_driver=False,
+                     configure_logging=True, logging_level=logging.WARNING)
+        self._owns_ray = True
+
+    def build_algo(self) -> None:
+        from learner.algo import build_ppo_config
+
+        rl = self.cfg.rl
+        config = build_ppo_config(
+            self.cfg.env.env_id, self.reward_address, algo=rl.algo,
+            num_env_runners=rl.num_env_runners, num_envs_per_env_runner=rl.num_envs_per_env_runner,
+            num_learners=rl.num_learners, env_opts=dict(self.cfg.env.env_opts),
+            experiment=self.experiment, segment_length=self.cfg.env.segment_length or None,
+            segment_fraction=self.cfg.env.segment_fraction, query_address=self.query_address,
+            query_token=self.producer_token, seed=self.cfg.run.seed,
+            evaluation_interval=self.cfg.run.eval_every or None, **dict(rl.overrides))
+        self.algo = config.build_algo()
+        policy = self.run_dir / "policy"
+        if self.resume and policy.exists():
+            self.algo.restore_from_path(str(policy))
+            self.say(f"policy restored from {policy}")
+
+    def _segment_metrics(self) -> tuple[float, float]:
+        """Mean predicted return and corr(predicted, true) over recent segments of this run."""
+        if self.qcore is None or self.model is None:
+            return math.nan, math.nan
+        store = self.qcore.store
+        with store.read() as c:
+            ids = [r["id"] for r in c.execute(
+                "SELECT id FROM segments WHERE experiment=? ORDER BY seq DESC LIMIT 100",
+                (self.experiment,))]
+        segs = list(store.load_segments(self.experiment, ids).values())
+        if not segs:
+            return math.nan, math.nan
+        obs = np.concatenate([s.observations for s in segs])
+        act = np.concatenate([s.actions for s in segs])
+        rewards, _ = self.model.score(obs, act)
+        pred, true, i = [], [], 0
+        for s in segs:
+            n = len(s.observations)
+            pred.append(float(rewards[i:i + n].sum()))
+            true.append(float(np.sum(s.true_rewards)))
+            i += n
+        return float(np.mean(pred)), _pearson(np.array(pred), np.array(true))
+
+    def _row(self, result: dict, dt: float, steps_before: int) -> dict:
+        from query_service.client import QueryClient
+
+        client = QueryClient(self.query_address, self.producer_token)
+        try:
+            p = client.report_progress(self.experiment, self.env_steps)
+        finally:
+            client.close()
+        stats = self.model.stats() if self.model is not None else None
+        pred, corr = self._segment_metrics()
+        true_ret = _find(result, "env_runners", "true_episode_return")
+        ev = _find(result, "evaluation", "env_runners", "true_episode_return")
+        if not (isinstance(ev, float) and math.isnan(ev)):
+            true_ret = ev
+        rows_labels = p.labels
+        row = dict(
+            iteration=self.iteration, time_s=round(time.time() - self._t0, 1), env_steps=self.env_steps,
+            steps_per_s=(self.env_steps - steps_before) / max(dt, 1e-9), true_return=true_ret,
+            predicted_return=pred, segment_corr=corr, labels=rows_labels, labels_wanted=p.labels_wanted,
+            label_rate=(rows_labels - self._labels_before) / max(1, self.env_steps - steps_before),
+            queries_pending=p.queries_pending,
+            reward_version=stats.model_version if stats else _find(result, "learners", "default_policy",
+                                                                    "reward_model_version", default=0),
+            reward_val_accuracy=stats.val_accuracy if stats else math.nan,
+            reward_val_loss=stats.val_loss if stats else math.nan,
+            disagreement=math.nan,
+            segments_sent=_find(result, "env_runners", "segments_sent", default=0),
+            segments_dropped=_find(result, "env_runners", "segments_dropped", default=0),
+        )
+        self._labels_before = rows_labels
+        return row
+
+    def checkpoint(self) -> None:
+        if self.algo is not None:
+            self.algo.save_to_path(str(self.run_dir / "policy"))
+        if self.model is not None:
+            self.model.checkpoint()
+        _atomic_json(self.run_dir / "state.json", {
+            "iteration": self.iteration, "env_steps": self.env_steps, "experiment": self.experiment,
+            "time": time.time()})
+
+    def run(self) -> dict:
+        from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED
+
+        self._t0 = time.time()
+        state_path = self.run_dir / "state.json"
+        if self.resume and state_path.exists():
+            state = json.loads(state_path.read_text())
+            self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
+            self.say(f"resuming at iteration {self.iteration}, {self.env_steps:,} env steps")
+        self.start_services()
+        self.start_labelers()
+        if not self.resume or self.env_steps == 0:
+            if not self.resume:
+                self.collect_random_segments()
+            self.wait_for_initial_labels()
+            self.pretrain()
+        if self.model is not None:
+            self.model.start()
+        self.start_ray()
+        self.build_algo()
+        metrics = MetricsWriter(self.run_dir, resume=self.resume, stream=None)
+        self._labels_before = 0
+        start_steps = self.env_steps
+        try:
+            while self.env_steps < self.cfg.run.max_env_steps:
+                t = time.time()
+                before = self.env_steps
+                result = self.algo.train()
+                self.iteration += 1
+                self.env_steps += int(_find(result, "env_runners", NUM_ENV_STEPS_SAMPLED, default=0))
+                row = self._row(result, time.time() - t, before)
+                metrics.write(row)
+                self.say(_progress(row))
+                if self.iteration % max(1, self.cfg.run.checkpoint_every) == 0:
+                    self.checkpoint()
+            self.checkpoint()
+        finally:
+            metrics.close()
+        return {"iterations": self.iteration, "env_steps": self.env_steps,
+                "steps_this_session": self.env_steps - start_steps, "run_dir": str(self.run_dir)}
+
+    def close(self) -> None:
+        self._stop.set()
+        for th in self._teachers:
+            th.join(timeout=5)
+        if self.algo is not None:
+            try:
+                self.algo.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        if self.model is not None:
+            self.model.stop()
+        if self.query_server is not None:
+            self.query_server.stop(0.5)
+        if self.qcore is not None:
+            self.qcore.close()
+        if self.reward_server is not None:
+            self.reward_server.stop(0.5)
+        if self._owns_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _progress(row: dict) -> str:
+    from learner.metrics import progress_line
+
+    return progress_line(row)
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rlhp train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__,
+        epilog="examples:\n"
+               "  rlhp train --env ALE/Pong-v5                     # synthetic teacher, all on this machine\n"
+               "  rlhp train --env Hopper-v5 --labelers human      # prints the labeling command and waits\n"
+               "  rlhp train --env rlhp/FixedCartPole-v0 --preset smoke\n"
+               "  rlhp train --resume runs/pong-v5                 # continue where it stopped\n")
+    p.add_argument("--env", help="gymnasium id, e.g. ALE/Pong-v5, Hopper-v5, rlhp/FixedCartPole-v0")
+    p.add_argument("--preset", choices=experiment.PRESETS,
+                   help="settings preset (default: from the env: atari, mujoco or classic)")
+    p.add_argument("--config", help="YAML/TOML file overriding any config field")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override one field, e.g. --set reward.members=5 --set rl.num_env_runners=4")
+    p.add_argument("--name", help="run name (directory under --runs-dir); default from the env id")
+    p.add_argument("--runs-dir", default=None, help="where run directories go (default: runs)")
+    p.add_argument("--steps", type=int, help="env-step budget (run.max_env_steps)")
+    p.add_argument("--labels", type=int, help="label budget (query.label_budget)")
+    p.add_argument("--labelers", choices=("synthetic", "human"), help="who answers queries")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
+    p.add_argument("--address", help="join an existing Ray cluster (e.g. auto) instead of a local one")
+    p.add_argument("--reward-address", help="use a running reward service (HOST:PORT)")
+    p.add_argument("--query-address", help="use a running query service (HOST:PORT)")
+    p.add_argument("--query-token", help="producer token for --query-address")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, Path, bool]:
+    if args.resume:
+        run_dir = Path(args.resume)
+        saved = run_dir / "config.yaml"
+        if not saved.exists():
+            raise TrainError(f"{run_dir} is not a run directory (no config.yaml)")
+        cfg = experiment.load(str(saved))
+        if args.steps:
+            cfg = configs.apply(cfg, {"run": {"max_env_steps": args.steps},
+                                      "query": {"total_env_steps": float(args.steps)}})
+        return cfg, run_dir, True
+    if not args.env:
+        raise TrainError("give --env (e.g. --env ALE/Pong-v5) or --resume RUN_DIR")
+    sets = list(args.set)
+    if args.labels is not None:
+        sets.append(f"query.label_budget={args.labels}")
+    cfg = experiment.resolve(args.env, args.preset, args.config, sets, name=args.name,
+                             runs_dir=args.runs_dir, max_env_steps=args.steps,
+                             labelers=args.labelers, seed=args.seed)
+    if cfg.query.initial > cfg.query.label_budget:
+        cfg = replace(cfg, query=replace(cfg.query, initial_labels=cfg.query.label_budget))
+    run_dir = Path(cfg.run.runs_dir) / cfg.experiment
+    if (run_dir / "state.json").exists():
+        raise TrainError(f"{run_dir} holds an earlier run: resume it with --resume {run_dir}, "
+                         "or pick another --name")
+    return cfg, run_dir, False
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg, run_dir, resume = config_from_args(args)
+    except (TrainError, configs.ConfigError, ValueError) as e:
+        print(f"rlhp train: {e}", file=sys.stderr)
+        return 2
+    run_dir.mkdir(parents=True, exist_ok=True)
+    configs.save(cfg, run_dir / "config.yaml")
+    trainer = Trainer(cfg, run_dir, resume=resume, ray_address=args.address,
+                      reward_address=args.reward_address, query_address=args.query_address,
+                      query_token=args.query_token)
+    try:
+        summary = trainer.run()
+    except TrainError as e:
+        print(f"rlhp train: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: writing a checkpoint", file=sys.stderr)
+        trainer.checkpoint()
+        return 130
+    finally:
+        trainer.close()
+    print(f"done: {summary['iterations']} iterations, {summary['env_steps']:,} env steps; "
+          f"run directory {summary['run_dir']} (rlhp plot {summary['run_dir']}; "
+          f"rlhp evaluate {summary['run_dir']})")
+    return 0
