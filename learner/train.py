@@ -59,6 +59,28 @@ def _find(result: dict, *path: str, default: Any = math.nan) -> Any:
     return node
 
 
+def save_policy_atomically(algo: Any, path: Path) -> None:
+    """RLlib writes checkpoints in place; write beside, then swap, so a crash leaves a whole one."""
+    import shutil
+
+    new, old = path.with_name(path.name + ".new"), path.with_name(path.name + ".old")
+    shutil.rmtree(new, ignore_errors=True)
+    algo.save_to_path(str(new))
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def policy_dir(run_dir: Path) -> Path | None:
+    """The newest complete policy checkpoint of a run (see `save_policy_atomically`)."""
+    for name in ("policy", "policy.old"):
+        if (Path(run_dir) / name / "rllib_checkpoint.json").exists():
+            return Path(run_dir) / name
+    return None
+
+
 class Trainer:
     """Owns the services, the labelers and the RLlib algorithm of one run."""
 
@@ -302,8 +324,8 @@ class Trainer:
             query_token=self.producer_token, seed=self.cfg.run.seed,
             evaluation_interval=self.cfg.run.eval_every or None, **dict(rl.overrides))
         self.algo = config.build_algo()
-        policy = self.run_dir / "policy"
-        if self.resume and policy.exists():
+        policy = policy_dir(self.run_dir)
+        if self.resume and policy is not None:
             self.algo.restore_from_path(str(policy))
             self.say(f"policy restored from {policy}")
 
@@ -364,7 +386,7 @@ class Trainer:
 
     def checkpoint(self) -> None:
         if self.algo is not None:
-            self.algo.save_to_path(str(self.run_dir / "policy"))
+            save_policy_atomically(self.algo, self.run_dir / "policy")
         if self.model is not None:
             self.model.checkpoint()
         _atomic_json(self.run_dir / "state.json", {

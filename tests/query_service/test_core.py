@@ -1,0 +1,496 @@
+"""The query service core in-process: validation, auth, schedule, leases, labels, selection, forwarding."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+from query_service.config import QueryConfig
+from query_service.core import QueryService
+from query_service.types import SegmentRecord
+from reward_service.types import AddResult
+from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, Preference, Unauthenticated
+
+
+class Clock:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def records(n: int, exp: str = "Hop", length: int = 10, start: int = 0, obs_dim: int = 4, random_policy=False,
+            rng=None, center=0.0, prefix="s") -> list[SegmentRecord]:
+    rng = rng or np.random.default_rng(start)
+    out = []
+    for i in range(start, start + n):
+        out.append(SegmentRecord(
+            id=f"{prefix}{i}", experiment=exp, env_id="Hopper-v5",
+            observations=(center + rng.normal(size=(length, obs_dim))).astype(np.float32),
+            actions=rng.normal(size=(length, 1)).astype(np.float32),
+            true_rewards=rng.normal(size=length).astype(np.float32), env_step=i, fps=20.0,
+            random_policy=random_policy))
+    return out
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def svc(tmp_path, clock):
+    s = QueryService(tmp_path / "run", QueryConfig.smoke(initial_labels=0), clock=clock, seed=0)
+    yield s
+    s.close()
+
+
+def setup(svc, n=20, env_steps=10**9, **kw):
+    prod = svc.create_token("actors", "producer")
+    alice = svc.create_token("alice", "labeler")
+    svc.add_segments(prod, records(n, **kw))
+    svc.report_progress(prod, "Hop", env_steps)
+    return prod, alice
+
+
+# ------------------------------------------------------------------------------------ validation
+def _bad(rec: SegmentRecord, **kw) -> SegmentRecord:
+    from dataclasses import replace
+    return replace(rec, **kw)
+
+
+BAD = {
+    "empty id": dict(id=""),
+    "empty experiment": dict(experiment=" "),
+    "T=0": dict(observations=np.zeros((0, 4), np.float32), actions=np.zeros((0, 1), np.float32),
+                true_rewards=np.zeros(0, np.float32)),
+    "action length": dict(actions=np.zeros((9, 1), np.float32)),
+    "reward shape": dict(true_rewards=np.zeros((10, 1), np.float32)),
+    "reward nan": dict(true_rewards=np.full(10, np.nan, np.float32)),
+    "obs inf": dict(observations=np.full((10, 4), np.inf, np.float32)),
+    "frames dtype": dict(frames=np.zeros((10, 8, 8, 3), np.float32)),
+    "frames shape": dict(frames=np.zeros((10, 8, 8), np.uint8)),
+    "qpos length": dict(qpos=np.zeros((3, 5))),
+    "strings": dict(observations=np.array([["a"] * 4] * 10)),
+    "fps": dict(fps=-1.0),
+    "negative env_step": dict(env_step=-5),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_malformed_segments_are_refused_and_nothing_is_stored(svc, case):
+    prod = svc.create_token("actors", "producer")
+    good = records(3)
+    with pytest.raises(InvalidRequest):
+        svc.add_segments(prod, good[:2] + [_bad(good[2], **BAD[case])])
+    assert svc.stats().experiments == () or svc.stats().experiments[0].segments == 0
+
+
+def test_shape_must_match_the_experiment(svc):
+    prod = svc.create_token("actors", "producer")
+    svc.add_segments(prod, records(2))
+    with pytest.raises(InvalidRequest, match="experiment 'Hop' stores"):
+        svc.add_segments(prod, records(2, start=5, obs_dim=6))
+    assert svc.stats().experiments[0].segments == 2
+
+
+def test_duplicates_and_eviction_keeps_queried_segments(tmp_path, clock):
+    svc = QueryService(tmp_path, QueryConfig.smoke(max_segments=10, initial_labels=0), clock=clock, seed=1)
+    prod, alice = setup(svc, n=10)
+    r = svc.add_segments(prod, records(3))  # s0..s2 again
+    assert (r.accepted, r.duplicates, r.dropped, r.stored) == (0, 3, 0, 10)
+    assert svc.select_once() == 4
+    queried = svc.store.conn().execute("SELECT left_id, right_id FROM queries").fetchall()
+    queried = {i for row in queried for i in row}
+    r = svc.add_segments(prod, records(10, start=100))
+    assert r.accepted == 10 and r.stored == 10 and r.dropped == 10
+    kept = {row[0] for row in svc.store.conn().execute("SELECT id FROM segments")}
+    assert queried <= kept  # segments of queries survive eviction
+    assert len(kept - queried) == 10 - len(queried)
+    svc.close()
+
+
+# ------------------------------------------------------------------------------------ auth
+def test_tokens(svc):
+    prod, alice = setup(svc)
+    for bad in ("", None, "nope"):
+        with pytest.raises(Unauthenticated):
+            svc.lease(bad)
+    with pytest.raises(Unauthenticated, match="role"):
+        svc.add_segments(alice, records(1))
+    with pytest.raises(Unauthenticated, match="role"):
+        svc.lease(prod)
+    svc.revoke_token("alice")
+    with pytest.raises(Unauthenticated, match="revoked"):
+        svc.lease(alice)
+    with pytest.raises(NotFound):
+        svc.revoke_token("nobody")
+    # only a salted hash is stored
+    row = svc.store.conn().execute("SELECT token_hash FROM labelers WHERE name='alice'").fetchone()
+    assert alice not in row[0] and len(row[0]) == 64
+
+
+def test_restricted_labeler_never_gets_other_experiments(svc):
+    prod = svc.create_token("actors", "producer")
+    svc.add_segments(prod, records(10, exp="A") + records(10, exp="B", start=50))
+    svc.report_progress(prod, "A", 10**9)
+    svc.report_progress(prod, "B", 10**9)
+    svc.select_once()
+    bob = svc.create_token("bob", "labeler", ["B"])
+    seen = set()
+    while True:
+        lease = svc.lease(bob)
+        if not lease.available:
+            break
+        seen.add(lease.query.experiment)
+        svc.submit(bob, lease.query.id, Preference.LEFT)
+    assert seen == {"B"}
+    with pytest.raises(Unauthenticated):
+        svc.lease(bob, ["A"])
+    a_query = svc.store.conn().execute("SELECT id FROM queries WHERE experiment='A'").fetchone()[0]
+    with pytest.raises(Unauthenticated):
+        svc.submit(bob, a_query, Preference.LEFT)
+
+
+# ------------------------------------------------------------------------------------ schedule
+def test_labels_wanted_follows_the_decay():
+    cfg = QueryConfig(label_budget=700, initial_labels=175, schedule_n0=2e6, total_env_steps=1e7)
+    assert cfg.labels_wanted(0) == 175
+    # whole budget at the planned end, never more
+    assert cfg.labels_wanted(1e7) == 700 and cfg.labels_wanted(1e9) == 700
+    ts = np.array([0, 1e6, 2e6, 4e6, 8e6])
+    wanted = np.array([cfg.labels_wanted(t) for t in ts])
+    assert (np.diff(wanted) > 0).all()
+    # the label rate decays as N0/(T+N0): rate(T)/rate(0) = N0/(T+N0) (a large budget keeps the
+    # integer rounding of labels_wanted out of the measurement)
+    big = cfg.with_(label_budget=700_000, initial_labels=175_000)
+    dt = 1e4
+    rate0 = (big.labels_wanted(dt) - big.labels_wanted(0)) / dt
+    for t in (1e6, 2e6, 6e6):
+        rate = (big.labels_wanted(t + dt) - big.labels_wanted(t)) / dt
+        assert rate / rate0 == pytest.approx(2e6 / (t + 2e6), rel=0.03)
+    # the closed form
+    r0 = cfg.rate
+    assert r0 == pytest.approx(525 / (2e6 * math.log(6)))
+    assert cfg.labels_wanted(3e6) == 175 + math.floor(r0 * 2e6 * math.log1p(1.5))
+    # env_steps_for inverts it
+    t = cfg.env_steps_for(400)
+    assert cfg.labels_wanted(t) >= 400 > cfg.labels_wanted(t * 0.99)
+    assert cfg.env_steps_for(701) is None
+
+
+def test_schedule_drives_selection_and_waiting_for_says_why(svc):
+    prod = svc.create_token("actors", "producer")
+    alice = svc.create_token("alice", "labeler")
+    lease = svc.lease(alice, ["Pong"])
+    assert not lease.available and "0 segments so far for Pong" in lease.waiting_for
+    cfg = svc.config  # smoke: budget 40, initial 0, N0 1000
+    svc.add_segments(prod, records(30))
+    p = svc.report_progress(prod, "Hop", 0)
+    assert p.labels_wanted == 0 and p.label_budget == 40
+    assert svc.select_once() == 0
+    lease = svc.lease(alice)
+    assert "label schedule satisfied" in lease.waiting_for and "more env steps" in lease.waiting_for
+    steps = math.ceil(cfg.env_steps_for(3))
+    p = svc.report_progress(prod, "Hop", steps)
+    assert p.labels_wanted == 3
+    assert svc.select_once() == 3
+    assert svc.report_progress(prod, "Hop", 1).queries_pending == 3  # env steps stay monotone
+    for _ in range(3):
+        lease = svc.lease(alice)
+        svc.submit(alice, lease.query.id, Preference.RIGHT, 2.0)
+    assert svc.select_once() == 0
+    assert "label schedule satisfied for Hop (3 labels given" in svc.lease(alice).waiting_for
+    svc.report_progress(prod, "Hop", 10**9)
+    assert svc.select_once() == cfg.queue_target
+    st = svc.stats().experiments[0]
+    assert (st.labels, st.labels_wanted, st.queries_pending) == (3, 40, cfg.queue_target)
+
+
+def test_initial_batch_uses_random_policy_segments(tmp_path, clock):
+    svc = QueryService(tmp_path, QueryConfig.smoke(initial_labels=6, queue_target=6), clock=clock, seed=0)
+    prod = svc.create_token("actors", "producer")
+    svc.add_segments(prod, records(6, random_policy=True) + records(20, start=100))
+    svc.report_progress(prod, "Hop", 0)
+    assert svc.select_once() == 6
+    rows = svc.store.conn().execute("SELECT left_id, right_id, initial, model_version FROM queries").fetchall()
+    assert all(r["initial"] == 1 and r["model_version"] == 0 for r in rows)
+    assert all(int(i[1:]) < 6 for r in rows for i in (r["left_id"], r["right_id"]))
+    svc.close()
+
+
+# ------------------------------------------------------------------------------------ labels
+def test_submit_rules(svc, clock):
+    prod, alice = setup(svc)
+    bob = svc.create_token("bob", "labeler")
+    svc.select_once()
+    lease = svc.lease(alice)
+    q = lease.query
+    assert lease.available and q.left_rewards is None and q.length == 10 and q.fps == 20.0
+    with pytest.raises(InvalidRequest):
+        svc.submit(alice, q.id, 0)
+    with pytest.raises(InvalidRequest):
+        svc.submit(alice, q.id, 9)
+    with pytest.raises(InvalidRequest):
+        svc.submit(alice, q.id, Preference.LEFT, seconds=float("nan"))
+    with pytest.raises(NotFound):
+        svc.submit(alice, "no-such-query", Preference.LEFT)
+    with pytest.raises(FailedPrecondition):  # bob never leased it
+        svc.submit(bob, q.id, Preference.LEFT)
+    assert svc.submit(alice, q.id, Preference.LEFT, 3.0).status == "ACCEPTED"
+    r = svc.submit(alice, q.id, Preference.LEFT, 3.0)
+    assert r.status == "DUPLICATE" and r.answered == 1
+    assert svc.submit(alice, q.id, Preference.RIGHT).status == "ALREADY_ANSWERED"
+    assert svc.store.conn().execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 1
+
+
+def test_lease_expires_and_late_answer_is_accepted(svc, clock):
+    prod, alice = setup(svc)
+    bob = svc.create_token("bob", "labeler")
+    svc.select_once()
+    first = svc.lease(alice, lease_seconds=5).query
+    n_queued = svc.lease(bob).pending  # bob took one more
+    clock.t += 6  # alice's lease expires
+    # the expired query comes back (FIFO: it is the oldest)
+    again = svc.lease(bob, lease_seconds=5).query
+    assert again.id == first.id
+    assert n_queued >= 0
+    # alice answers late, before bob: accepted, bob's newer lease is cancelled
+    r = svc.submit(alice, first.id, Preference.EQUAL)
+    assert r.status == "ACCEPTED" and "expired" in r.message
+    assert svc.submit(bob, first.id, Preference.LEFT).status == "ALREADY_ANSWERED"
+    state = svc.store.conn().execute("SELECT state, lease_owner FROM queries WHERE id=?", (first.id,)).fetchone()
+    assert tuple(state) == ("answered", None)  # bob's lease is gone
+    assert svc.stats().experiments[0].queries_leased == 1  # only bob's other lease is live
+
+
+def test_release_sends_query_to_the_back(svc):
+    prod, alice = setup(svc)
+    svc.select_once()
+    q1 = svc.lease(alice).query
+    svc.release(alice, q1.id)
+    svc.release(alice, q1.id)  # idempotent
+    q2 = svc.lease(alice).query
+    assert q2.id != q1.id
+    bob = svc.create_token("bob", "labeler")
+    with pytest.raises(FailedPrecondition):
+        svc.release(bob, q2.id)
+    with pytest.raises(NotFound):
+        svc.release(alice, "nope")
+
+
+def test_concurrent_labelers_never_share_a_live_query(tmp_path):
+    cfg = QueryConfig.smoke(initial_labels=0, queue_target=40, label_budget=40)
+    svc = QueryService(tmp_path, cfg, seed=0)
+    prod = svc.create_token("actors", "producer")
+    svc.add_segments(prod, records(30))
+    svc.report_progress(prod, "Hop", 10**9)
+    assert svc.select_once() == 40
+    tokens = [svc.create_token(f"l{i}", "labeler") for i in range(8)]
+    leased: list[tuple[str, str]] = []
+    statuses: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(8)
+
+    def work(tok: str) -> None:
+        barrier.wait()
+        while True:
+            lease = svc.lease(tok)
+            if not lease.available:
+                return
+            with lock:
+                leased.append((tok, lease.query.id))
+            r = svc.submit(tok, lease.query.id, Preference.LEFT)
+            with lock:
+                statuses.append(r.status)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in tokens]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    ids = [q for _, q in leased]
+    assert len(ids) == len(set(ids)) == 40
+    assert statuses.count("ACCEPTED") == 40
+    assert svc.store.conn().execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 40
+    svc.close()
+
+
+def test_teacher_sees_true_rewards(svc):
+    prod, alice = setup(svc)
+    teach = svc.create_token("teacher", "teacher")
+    svc.select_once()
+    q = svc.lease(teach).query
+    segs = svc.store.load_segments("Hop", [q.left_id, q.right_id])
+    np.testing.assert_array_equal(q.left_rewards, segs[q.left_id].true_rewards)
+    np.testing.assert_array_equal(q.right_rewards, segs[q.right_id].true_rewards)
+
+
+def test_state_survives_restart(tmp_path, clock):
+    cfg = QueryConfig.smoke(initial_labels=0)
+    svc = QueryService(tmp_path, cfg, clock=clock, seed=0)
+    prod, alice = setup(svc)
+    svc.select_once()
+    q1 = svc.lease(alice).query
+    svc.submit(alice, q1.id, Preference.LEFT)
+    q2 = svc.lease(alice, lease_seconds=10).query
+    svc.close()
+    svc = QueryService(tmp_path, cfg, clock=clock, seed=0)
+    assert svc.submit(alice, q1.id, Preference.LEFT).status == "DUPLICATE"  # tokens and labels kept
+    bob = svc.create_token("bob", "labeler")
+    assert all(svc.lease(bob).query.id != q2.id for _ in range(2))  # alice's lease still live
+    clock.t += 11
+    ids = set()
+    while (lease := svc.lease(bob)).available:
+        ids.add(lease.query.id)
+    assert q2.id in ids  # ... until it expires
+    svc.close()
+
+
+def test_get_clip_rules(svc):
+    prod = svc.create_token("actors", "producer")
+    alice = svc.create_token("alice", "labeler")
+    recs = records(4)
+    rng = np.random.default_rng(0)
+    from dataclasses import replace
+    recs = [replace(r, frames=rng.integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)) for r in recs]
+    svc.add_segments(prod, recs)
+    svc.report_progress(prod, "Hop", 10**9)
+    svc.select_once()
+    q = svc.lease(alice).query
+    with pytest.raises(InvalidRequest):
+        svc.get_clip(alice, q.id, Preference.EQUAL)
+    with pytest.raises(InvalidRequest):
+        svc.get_clip(alice, q.id, Preference.LEFT, "gif")
+    with pytest.raises(NotFound):
+        svc.get_clip(alice, "nope", Preference.LEFT)
+    bob = svc.create_token("bob", "labeler")
+    with pytest.raises(FailedPrecondition):
+        svc.get_clip(bob, q.id, Preference.LEFT)
+    mime, data = svc.get_clip(alice, q.id, Preference.LEFT, "mp4")
+    assert mime == "video/mp4" and len(data) > 100
+
+
+# ------------------------------------------------------------------------------------ forwarding
+class FakeReward:
+    def __init__(self) -> None:
+        self.fail = False
+        self.seen: dict[str, Preference] = {}
+        self.calls = 0
+
+    def add_comparisons(self, segments, comparisons):
+        self.calls += 1
+        if self.fail:
+            raise ConnectionError("reward service down")
+        ids = {s.id for s in segments}
+        dup = 0
+        for c in comparisons:
+            assert c.left_id in ids and c.right_id in ids
+            if c.id in self.seen:
+                dup += 1
+            self.seen[c.id] = c.label
+        return AddResult(len(comparisons) - dup, dup, 0, len(self.seen))
+
+    def disagreement(self, segments, pairs):
+        raise ConnectionError("reward service down")
+
+
+def test_forwarding_is_at_least_once_and_survives_restarts(tmp_path, clock):
+    cfg = QueryConfig.smoke(initial_labels=0)
+    fake = FakeReward()
+    svc = QueryService(tmp_path, cfg, reward=fake, clock=clock, seed=0)
+    prod, alice = setup(svc)
+    svc.report_progress(prod, "Hop", 10**9)
+    assert svc.select_once() == cfg.queue_target  # disagreement failed: random fallback
+    assert svc.selection_fallbacks == 1
+    for _ in range(3):
+        svc.submit(alice, svc.lease(alice).query.id, Preference.LEFT)
+    fake.fail = True
+    with pytest.raises(ConnectionError):
+        svc.forward_once()
+    assert svc.unforwarded() == 3
+    svc.close()  # the query service restarts; nothing forwarded yet
+    svc = QueryService(tmp_path, cfg, reward=fake, clock=clock, seed=0)
+    fake.fail = False
+    assert svc.forward_once() == 3 and svc.unforwarded() == 0
+    assert set(fake.seen.values()) == {Preference.LEFT}
+    assert svc.stats().experiments[0].labels_forwarded == 3
+    # a re-send (e.g. crash between call and mark) is harmless: the reward side counts duplicates
+    assert svc.reforward() == 3
+    assert svc.forward_once() == 3 and svc.forward_duplicates == 3 and len(fake.seen) == 3
+    # the background thread retries with backoff until it gets through
+    fake.fail = True
+    svc.start()
+    svc.submit(alice, svc.lease(alice).query.id, Preference.RIGHT)
+    import time
+    deadline = time.time() + 10
+    while svc.forward_failures < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert svc.forward_failures >= 2 and svc.unforwarded() == 1
+    fake.fail = False
+    while svc.unforwarded() and time.time() < deadline:
+        time.sleep(0.05)
+    assert svc.unforwarded() == 0 and len(fake.seen) == 4
+    svc.close()
+
+
+# ------------------------------------------------------------------------------------ selection
+def test_selection_prefers_pairs_the_real_ensemble_disagrees_on(tmp_path):
+    """Train a real RewardModel on comparisons from one region of observation space (around 0), then
+    offer candidates from that region and from an unexplored one (around 4): the enqueued queries are
+    the ones the ensemble is unsure about, well above the average candidate pair."""
+    from reward_service.config import RewardConfig
+    from reward_service.core import RewardModel
+    from reward_service.types import ComparisonData, SegmentData
+    from rlhp.wire import Space
+
+    space = Space(obs_shape=(4,), action_kind="box", act_shape=(1,))
+    model = RewardModel(space, RewardConfig.smoke(members=3, seed=0))
+    rng = np.random.default_rng(0)
+    w = np.array([1.0, -1.0, 0.5, 0.0])
+    train = records(60, rng=rng, prefix="t")
+    segs = [SegmentData(r.id, r.observations, r.actions) for r in train]
+    ret = {r.id: float((r.observations @ w).sum()) for r in train}
+    comps = [ComparisonData(f"c{i}", a.id, b.id, Preference.LEFT if ret[a.id] > ret[b.id] else Preference.RIGHT)
+             for i, (a, b) in enumerate(zip(train[::2], train[1::2]))]
+    comps += [ComparisonData(f"d{i}", a.id, b.id, Preference.LEFT if ret[a.id] > ret[b.id] else Preference.RIGHT)
+              for i, (a, b) in enumerate(zip(train[:30], train[30:]))]
+    model.add_comparisons(segs, comps)
+    model.train(300)
+    assert model.version > 0
+
+    cfg = QueryConfig.smoke(initial_labels=0, queue_target=6, oversampling=10, candidate_pool=200)
+    svc = QueryService(tmp_path, cfg, reward=model, seed=3)
+    prod = svc.create_token("actors", "producer")
+    near = records(30, rng=rng, prefix="near")
+    far = records(30, rng=rng, prefix="far", center=4.0)
+    svc.add_segments(prod, near + far)
+    svc.report_progress(prod, "Hop", 10**9)
+    assert svc.select_once() == 6
+    rows = svc.store.conn().execute("SELECT left_id, right_id, disagreement, model_version FROM queries").fetchall()
+    assert all(r["model_version"] == model.version for r in rows)
+
+    # the disagreement of every possible pair, measured independently
+    pool = near + far
+    all_segs = [SegmentData(r.id, r.observations, r.actions) for r in pool]
+    pairs = [(a.id, b.id) for i, a in enumerate(pool) for b in pool[i + 1:]]
+    std, _, _ = model.disagreement(all_segs, pairs)
+    chosen = np.array([r["disagreement"] for r in rows])
+    std_of = dict(zip(pairs, std))
+    for r in rows:  # recorded values are the ensemble's
+        key = (r["left_id"], r["right_id"]) if (r["left_id"], r["right_id"]) in std_of else (r["right_id"], r["left_id"])
+        assert std_of[key] == pytest.approx(r["disagreement"], rel=1e-4, abs=1e-6)
+    far_pairs = np.array([("far" in a) or ("far" in b) for a, b in pairs])
+    print(f"\nmean disagreement: chosen {chosen.mean():.4f}, all pairs {std.mean():.4f}, "
+          f"pairs touching the unexplored region {std[far_pairs].mean():.4f}, "
+          f"pairs inside the trained region {std[~far_pairs].mean():.4f}")
+    assert std[far_pairs].mean() > std[~far_pairs].mean()  # the premise: off-distribution is uncertain
+    assert chosen.mean() > 1.5 * std.mean()
+    assert chosen.min() > np.median(std)
+    chosen_far = np.mean([("far" in r["left_id"]) or ("far" in r["right_id"]) for r in rows])
+    assert chosen_far > far_pairs.mean()
+    svc.close()

@@ -1,0 +1,76 @@
+"""The SQLite label store: WAL + synchronous=FULL, hashed tokens, blobs, several connections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from query_service.store import DB_NAME, Store, pack, unpack
+from query_service.types import SegmentRecord
+
+
+def test_wal_and_full_sync(tmp_path):
+    s = Store(tmp_path)
+    c = s.conn()
+    assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert c.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"segments", "queries", "leases", "labels", "labelers", "progress", "meta"} <= tables
+    assert (tmp_path / DB_NAME).exists()
+    s.close()
+
+
+def test_tokens_are_stored_hashed_and_can_be_replaced_and_revoked(tmp_path):
+    s = Store(tmp_path)
+    tok = s.create_token("alice", "labeler", ["Pong", " Breakout "])
+    row = s.labeler_for(tok)
+    assert row["name"] == "alice" and row["experiments"] == "Pong,Breakout" and not row["revoked"]
+    s.close()
+    assert tok.encode() not in (tmp_path / DB_NAME).read_bytes()
+    s = Store(tmp_path)  # the salt persists: the token still works after a restart
+    assert s.labeler_for(tok)["name"] == "alice"
+    new = s.create_token("alice", "teacher")
+    assert s.labeler_for(tok) is None and s.labeler_for(new)["role"] == "teacher"
+    assert s.revoke_token("alice") and not s.revoke_token("bob")
+    assert s.labeler_for(new)["revoked"] == 1
+    with pytest.raises(ValueError):
+        s.create_token("x", "root")
+    with pytest.raises(ValueError):
+        s.create_token("", "labeler")
+    assert [r["name"] for r in s.list_labelers()] == ["alice"]
+    s.close()
+
+
+def test_pack_roundtrip_and_segment_rows(tmp_path):
+    rng = np.random.default_rng(0)
+    rec = SegmentRecord(id="a", experiment="e", env_id="Hopper-v5",
+                        observations=rng.normal(size=(5, 3)).astype(np.float32),
+                        actions=np.arange(5, dtype=np.int64), true_rewards=np.ones(5, np.float32),
+                        qpos=rng.normal(size=(5, 7)), qvel=rng.normal(size=(5, 6)), env_step=9, fps=12.5,
+                        random_policy=True)
+    assert unpack(pack(x=np.eye(2), y=None)).keys() == {"x"}
+    s = Store(tmp_path)
+    with s.write() as c:
+        c.execute("INSERT INTO segments (id, experiment, env_id, length, env_step, fps, random_policy, created, "
+                  "data, media) VALUES (?,?,?,?,?,?,?,?,?,?)", Store.segment_row(rec, 1.0))
+    got = s.load_segments("e", ["a", "missing"], media=True)["a"]
+    for name in ("observations", "actions", "true_rewards", "qpos", "qvel"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(rec, name))
+        assert getattr(got, name).dtype == getattr(rec, name).dtype
+    assert got.frames is None and (got.env_step, got.fps, got.random_policy) == (9, 12.5, True)
+    assert s.load_segments("e", ["a"])["a"].qpos is None  # media only on request
+    s.close()
+
+
+def test_write_is_atomic_and_visible_to_another_connection(tmp_path):
+    a, b = Store(tmp_path), Store(tmp_path)  # two processes' worth of connections
+    with pytest.raises(RuntimeError):
+        with a.write() as c:
+            c.execute("INSERT INTO meta (key, value) VALUES ('x', '1')")
+            raise RuntimeError("boom")
+    assert b.conn().execute("SELECT COUNT(*) FROM meta WHERE key='x'").fetchone()[0] == 0
+    with a.write() as c:
+        c.execute("INSERT INTO meta (key, value) VALUES ('x', '2')")
+    assert b.conn().execute("SELECT value FROM meta WHERE key='x'").fetchone()[0] == "2"
+    a.close()
+    b.close()
