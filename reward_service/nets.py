@@ -1,0 +1,166 @@
+"""Ensemble members: reward predictors r̂(o, a) -> one scalar per transition.
+
+- `RewardMLP` for vector observations (the paper's MuJoCo predictor: two layers of 64, leaky ReLU).
+- `RewardCNN` for stacked frames (the paper's Atari predictor: 4 conv layers 7×7/3, 5×5/2, 3×3/1,
+  3×3/1 with 16 filters, batch-norm, leaky ReLU, dropout; FC 64 -> 1; the action one-hot joins
+  the features before the FC layer).
+
+Both take raw inputs: observations as stored (uint8 pixels are scaled by 1/255 inside the module,
+so uint8 travels to the device, 4× less than float32) and actions as int64 indices (discrete) or
+float32 [N, act_dim] (box). `build_member(space, config)` picks the architecture from the space.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rlhp.wire import Space
+
+from .config import RewardConfig
+
+# The paper's Atari conv stack: (kernel, stride) per layer.
+CNN_LAYERS: tuple[tuple[int, int], ...] = ((7, 3), (5, 2), (3, 1), (3, 1))
+
+
+def architecture_for(space: Space) -> str:
+    """"cnn" for image spaces (stacked frames), "mlp" otherwise."""
+    return "cnn" if space.is_image else "mlp"
+
+
+class _ActionFeatures(nn.Module):
+    """Discrete actions -> one-hot; box actions -> flattened floats."""
+
+    def __init__(self, space: Space) -> None:
+        super().__init__()
+        self.discrete = space.action_kind == "discrete"
+        self.dim = space.action_dim
+
+    def forward(self, act: torch.Tensor) -> torch.Tensor:
+        if self.discrete:
+            return F.one_hot(act.reshape(-1).long(), self.dim).float()
+        return act.reshape(act.shape[0], -1).float()
+
+
+def _scale(obs: torch.Tensor) -> torch.Tensor:
+    return obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
+
+
+class RewardMLP(nn.Module):
+    """r̂(o, a) for vector observations: [flatten(o), features(a)] -> MLP -> scalar."""
+
+    architecture = "mlp"
+
+    def __init__(self, space: Space, config: RewardConfig) -> None:
+        super().__init__()
+        self.action = _ActionFeatures(space)
+        width = int(math.prod(space.obs_shape)) + self.action.dim
+        layers: list[nn.Module] = []
+        for h in config.hidden:
+            layers += [nn.Linear(width, h), nn.LeakyReLU(config.leaky_slope)]
+            width = h
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([_scale(obs).reshape(obs.shape[0], -1), self.action(act)], dim=1)
+        return self.net(x).squeeze(1)
+
+
+class _Dropout(nn.Module):
+    """Dropout drawing its mask from an optional dedicated generator (reproducible, checkpointable,
+    and independent of the process-global torch RNG)."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = torch.empty_like(x).bernoulli_(keep, generator=self.generator)
+        return x * mask / keep
+
+
+class RewardCNN(nn.Module):
+    """r̂(o, a) for stacked frames (C, H, W) or (H, W, C).
+
+    Images smaller than the paper's stack needs (43 px) get 'same'-style padding in every conv
+    layer so that e.g. 1×36×36 test images work; the flatten size is computed from a dummy pass.
+    """
+
+    architecture = "cnn"
+
+    def __init__(self, space: Space, config: RewardConfig) -> None:
+        super().__init__()
+        if len(space.obs_shape) != 3:
+            raise ValueError(f"the CNN needs (C, H, W) or (H, W, C) observations, got {space.obs_shape}")
+        a, b, c = space.obs_shape
+        # Channels first unless the last axis is clearly the (small) channel axis.
+        self.channels_last = c < a and c <= 4
+        channels, h, w = (c, a, b) if self.channels_last else (a, b, c)
+        pad = min(h, w) < _min_unpadded_size()
+        blocks: list[nn.Module] = []
+        in_ch = channels
+        self.dropouts: list[_Dropout] = []
+        for kernel, stride in CNN_LAYERS:
+            drop = _Dropout(config.dropout)
+            self.dropouts.append(drop)
+            blocks += [
+                nn.Conv2d(in_ch, config.cnn_filters, kernel, stride, padding=kernel // 2 if pad else 0),
+                nn.BatchNorm2d(config.cnn_filters),
+                nn.LeakyReLU(config.leaky_slope),
+                drop,
+            ]
+            in_ch = config.cnn_filters
+        self.conv = nn.Sequential(*blocks)
+        with torch.no_grad():
+            flat = int(self.conv.eval()(torch.zeros(1, channels, h, w)).numel())
+        self.conv.train()
+        self.action = _ActionFeatures(space)
+        self.fc = nn.Sequential(
+            nn.Linear(flat + self.action.dim, config.cnn_fc),
+            nn.LeakyReLU(config.leaky_slope),
+            nn.Linear(config.cnn_fc, 1),
+        )
+
+    def set_generator(self, generator: torch.Generator | None) -> None:
+        for d in self.dropouts:
+            d.generator = generator
+
+    def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        x = _scale(obs)
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        x = self.conv(x).flatten(1)
+        return self.fc(torch.cat([x, self.action(act)], dim=1)).squeeze(1)
+
+
+def _min_unpadded_size() -> int:
+    """Smallest image side for which the unpadded conv stack still leaves >= 1 pixel (43)."""
+    need = 1
+    for kernel, stride in reversed(CNN_LAYERS):
+        need = (need - 1) * stride + kernel
+    return need
+
+
+def build_member(space: Space, config: RewardConfig) -> nn.Module:
+    """One ensemble member for `space` (weights drawn from the global torch RNG; callers seed it)."""
+    if architecture_for(space) == "cnn":
+        return RewardCNN(space, config)
+    return RewardMLP(space, config)
+
+
+def l2_penalty(member: nn.Module) -> torch.Tensor:
+    """Sum of squared weights (conv and linear kernels; biases and batch-norm are not penalised)."""
+    terms = [p.pow(2).sum() for name, p in member.named_parameters()
+             if name.endswith("weight") and p.dim() > 1]
+    return torch.stack(terms).sum()
+
+
+__all__ = ["RewardMLP", "RewardCNN", "build_member", "architecture_for", "l2_penalty", "CNN_LAYERS"]
