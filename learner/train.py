@@ -87,7 +87,8 @@ class Trainer:
     def __init__(self, cfg: ExperimentConfig, run_dir: Path, *, resume: bool = False,
                  ray_address: str | None = None, reward_address: str | None = None,
                  query_address: str | None = None, query_token: str | None = None,
-                 out: Callable[[str], None] | None = None) -> None:
+                 out: Callable[[str], None] | None = None,
+                 teacher_factory: Callable[[int], Any] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -109,6 +110,12 @@ class Trainer:
         self._stop = threading.Event()
         self._teachers: list[threading.Thread] = []
         self._owns_ray = False
+        self.teacher_factory = teacher_factory  # i -> SyntheticTeacher (tests, custom teachers)
+        import torch
+
+        # The driver hosts the learner, the reward model and both services: oversubscribing the
+        # cores with torch's intra-op threads slows all of them down.
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -189,10 +196,13 @@ class Trainer:
         t = self.cfg.teacher
         for i in range(max(1, t.labelers)):
             token = self._create_token(f"teacher-{i}", "teacher")
-            teacher = SyntheticTeacher(beta=t.beta, mistake_prob=t.mistake_prob,
-                                       skip_threshold=max(0.0, t.skip_threshold),
-                                       equal_threshold=t.equal_threshold, gamma=t.gamma,
-                                       seed=self.cfg.run.seed * 1000 + i)
+            if self.teacher_factory is not None:
+                teacher = self.teacher_factory(i)
+            else:
+                teacher = SyntheticTeacher(beta=t.beta, mistake_prob=t.mistake_prob,
+                                           skip_threshold=max(0.0, t.skip_threshold),
+                                           equal_threshold=t.equal_threshold, gamma=t.gamma,
+                                           seed=self.cfg.run.seed * 1000 + i)
             client = QueryClient(self.query_address, token)
             th = threading.Thread(target=self._teacher_loop, args=(client, teacher, run_teacher),
                                   name=f"teacher-{i}", daemon=True)

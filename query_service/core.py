@@ -469,9 +469,37 @@ class QueryService:
 
     # ------------------------------------------------------------------------------ labelers
     def _expire_leases(self) -> int:
+        now = self.clock()
+        # a read probe of the expiry index first: no write transaction (and no wait for the
+        # write lock) on the many passes where no lease is due
+        due = self.store.conn().execute("SELECT 1 FROM queries WHERE state='leased' AND lease_expires <= ? "
+                                        "LIMIT 1", (now,)).fetchone()
+        if due is None:
+            return 0
         with self.store.write() as c:
-            return c.execute("UPDATE queries SET state='queued', lease_owner=NULL, lease_expires=NULL "
-                             "WHERE state='leased' AND lease_expires <= ?", (self.clock(),)).rowcount
+            return self._expire_due(c, now)
+
+    @staticmethod
+    def _expire_due(c: Any, now: float) -> int:
+        """Return queries whose lease has lapsed to the queue (inside the caller's write transaction).
+
+        Cheap when nothing is due: the partial index `queries_lease_expiry` (leased queries only, by
+        expiry) turns this into one index probe instead of a scan of every query ever asked."""
+        return c.execute("UPDATE queries SET state='queued', lease_owner=NULL, lease_expires=NULL "
+                         "WHERE state='leased' AND lease_expires <= ?", (now,)).rowcount
+
+    @staticmethod
+    def _next_queued(c: Any, where: str, args: list, name: str) -> Any:
+        """The queued query to lease next: by queue order (`order_key`, then higher disagreement first),
+        those `name` skipped (released) last. Two probes along the `queries_queued` /
+        `queries_state` indexes instead of ranking every queued query by a subquery."""
+        base = "SELECT q.* FROM queries q WHERE q.state='queued'" + where
+        order = " ORDER BY q.order_key, q.disagreement DESC LIMIT 1"
+        row = c.execute(base + " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.query_id=q.id AND "
+                        "l.labeler=? AND l.released=1)" + order, (*args, name)).fetchone()
+        if row is None:  # every queued query was skipped by this labeler: offer those again
+            row = c.execute(base + order, args).fetchone()
+        return row
 
     def _scope(self, caller: Caller, experiments: Sequence[str]) -> list[str] | None:
         if isinstance(experiments, str):
@@ -501,12 +529,8 @@ class QueryService:
             args = list(scope)
         now = self.clock()
         with self.store.write() as c:
-            c.execute("UPDATE queries SET state='queued', lease_owner=NULL, lease_expires=NULL "
-                      "WHERE state='leased' AND lease_expires <= ?", (now,))
-            row = c.execute(
-                "SELECT q.* FROM queries q WHERE q.state='queued'" + where +
-                " ORDER BY EXISTS (SELECT 1 FROM leases l WHERE l.query_id=q.id AND l.labeler=? AND l.released=1),"
-                " q.order_key, q.disagreement DESC LIMIT 1", (*args, caller.name)).fetchone()
+            self._expire_due(c, now)
+            row = self._next_queued(c, where, args, caller.name)
             if row is not None:
                 expires = now + seconds
                 c.execute("UPDATE queries SET state='leased', lease_owner=?, lease_expires=? WHERE id=?",
@@ -519,9 +543,10 @@ class QueryService:
             if row is None:
                 self._wake_select.set()
                 return Lease(False, None, self._why_waiting(c, scope), pending, answered)
-        exp, ids = row["experiment"], (row["left_id"], row["right_id"])
-        meta = {r["id"]: r for r in self.store.conn().execute(
-            "SELECT id, env_id, fps, length FROM segments WHERE experiment=? AND id IN (?, ?)", (exp, *ids))}
+            exp, ids = row["experiment"], (row["left_id"], row["right_id"])
+            # columns only: the compressed arrays stay untouched (teachers get just the true rewards)
+            meta = {r["id"]: r for r in c.execute(
+                "SELECT id, env_id, fps, length FROM segments WHERE experiment=? AND id IN (?, ?)", (exp, *ids))}
         if len(meta) != 2:  # cannot happen: queried segments are never evicted
             raise FailedPrecondition(f"the segments of query {row['id']} are gone")
         left = meta[ids[0]]
@@ -666,12 +691,22 @@ class QueryService:
             raise FailedPrecondition(f"query {q['id']} is not leased to {caller.name!r} (or the lease expired); "
                                      "lease it first")
         seg_id = q["left_id"] if pside == Preference.LEFT else q["right_id"]
+        # the cache is keyed by segment id: make it unique across experiments
+        key = f"{q['experiment']}/{seg_id}"
+        try:
+            renderer = self._clip_renderer()
+        except FailedPrecondition:
+            renderer = None  # reported below, after the segment's existence (as before)
+        if renderer is not None:
+            hit = renderer.cached(key, fmt)
+            if hit is not None:  # rendered before: no need to load and decompress frames/qpos/qvel
+                return hit
         rec = self.store.load_segments(q["experiment"], [seg_id], media=True).get(seg_id)
         if rec is None:
             raise NotFound(f"segment {seg_id!r} of query {q['id']} is gone")
-        renderer = self._clip_renderer()
-        # the cache is keyed by segment id: make it unique across experiments
-        return renderer.render(replace(rec, id=f"{rec.experiment}/{rec.id}"), fmt)
+        if renderer is None:
+            renderer = self._clip_renderer()
+        return renderer.render(replace(rec, id=key), fmt)
 
     def _clip_renderer(self) -> Any:
         with self._renderer_lock:

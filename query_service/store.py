@@ -3,8 +3,10 @@
 `<run_dir>/labels.sqlite` holds segments (arrays as compressed npz blobs), queries, leases, labels,
 labeler tokens (salted hashes only) and the schedule position of every experiment. Every write is
 one `BEGIN IMMEDIATE` transaction committed with `synchronous=FULL`, so a label is on disk before
-the call that stored it returns, and concurrent writers (threads or processes, e.g. `rlhp token`
-while the service runs) serialise on the database lock.
+the call that stored it returns. Writers of one process (the service's threads) queue on an
+in-process lock per database file before they begin, so they never collide inside SQLite, whose busy
+handler would put the loser to sleep for up to 100 ms a retry; writers of other processes (e.g.
+`rlhp token` while the service runs) still serialise on the database lock (busy timeout 30 s).
 
 No gRPC here; `core.py` holds the rules, this module holds the rows.
 """
@@ -18,8 +20,9 @@ import os
 import secrets
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -59,6 +62,8 @@ CREATE TABLE IF NOT EXISTS queries (
     initial INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS queries_state ON queries (experiment, state, order_key);
+CREATE INDEX IF NOT EXISTS queries_queued ON queries (order_key) WHERE state='queued';
+CREATE INDEX IF NOT EXISTS queries_lease_expiry ON queries (lease_expires) WHERE state='leased';
 CREATE INDEX IF NOT EXISTS queries_left ON queries (experiment, left_id);
 CREATE INDEX IF NOT EXISTS queries_right ON queries (experiment, right_id);
 CREATE TABLE IF NOT EXISTS leases (
@@ -110,11 +115,26 @@ def pack(**arrays: np.ndarray | None) -> bytes:
     return buf.getvalue()
 
 
-def unpack(blob: bytes | None) -> dict[str, np.ndarray]:
+def unpack(blob: bytes | None, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a `pack` blob; only those named in `keys` (others stay compressed) when given."""
     if not blob:
         return {}
     with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+        return {k: z[k] for k in z.files if keys is None or k in keys}
+
+
+_WRITE_LOCKS: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
+_WRITE_LOCKS_GUARD = threading.Lock()
+
+
+def _write_lock(path: Path) -> Any:
+    """One lock per database file and process, shared by every `Store` of that file."""
+    key = os.path.realpath(path)
+    with _WRITE_LOCKS_GUARD:
+        lock = _WRITE_LOCKS.get(key)
+        if lock is None:
+            lock = _WRITE_LOCKS[key] = threading.RLock()
+        return lock
 
 
 class Store:
@@ -124,6 +144,7 @@ class Store:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / DB_NAME
+        self._write_lock = _write_lock(self.path)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -155,15 +176,19 @@ class Store:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (`BEGIN IMMEDIATE` … `COMMIT`); rolled back on any error."""
+        """One write transaction (`BEGIN IMMEDIATE` … `COMMIT`); rolled back on any error.
+
+        Held under the process-wide write lock of this database: the threads of a process take
+        turns here (no busy-handler sleeps); other processes still wait on SQLite's own lock."""
         c = self.conn()
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
+        with self._write_lock:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
@@ -254,4 +279,14 @@ class Store:
         return out
 
     def load_rewards(self, experiment: str, ids: list[str]) -> dict[str, np.ndarray]:
-        return {k: v.true_rewards for k, v in self.load_segments(experiment, ids).items()}
+        """True rewards of the given segments (only that array is decompressed)."""
+        out: dict[str, np.ndarray] = {}
+        c = self.conn()
+        unique = list(dict.fromkeys(ids))
+        for i in range(0, len(unique), 500):
+            chunk = unique[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in c.execute(f"SELECT id, data FROM segments WHERE experiment=? AND id IN ({marks})",
+                                 (experiment, *chunk)):
+                out[row["id"]] = unpack(row["data"], ("true_rewards",))["true_rewards"]
+        return out

@@ -375,6 +375,61 @@ def test_get_clip_rules(svc):
     assert mime == "video/mp4" and len(data) > 100
 
 
+def test_get_clip_served_from_cache_without_loading_the_segment(svc, monkeypatch):
+    prod = svc.create_token("actors", "producer")
+    alice = svc.create_token("alice", "labeler")
+    rng = np.random.default_rng(0)
+    from dataclasses import replace
+    recs = [replace(r, frames=rng.integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)) for r in records(4)]
+    svc.add_segments(prod, recs)
+    svc.report_progress(prod, "Hop", 10**9)
+    svc.select_once()
+    q = svc.lease(alice).query
+    first = svc.get_clip(alice, q.id, Preference.RIGHT, "mp4")
+
+    def no_load(*a, **kw):
+        raise AssertionError("a cached clip must not load the segment's arrays")
+
+    monkeypatch.setattr(svc.store, "load_segments", no_load)
+    assert svc.get_clip(alice, q.id, Preference.RIGHT, "mp4") == first
+    with pytest.raises(AssertionError):  # not cached yet: it still loads and renders
+        svc.get_clip(alice, q.id, Preference.LEFT, "mp4")
+
+
+def test_lease_order_puts_skipped_queries_last_and_offers_them_again(svc):
+    prod, alice = setup(svc)
+    svc.select_once()
+    order = [r[0] for r in svc.store.conn().execute(
+        "SELECT id FROM queries WHERE state='queued' ORDER BY order_key, disagreement DESC")]
+    assert len(order) >= 3
+    skipped = []
+    while (lease := svc.lease(alice)).available and lease.query.id not in skipped:
+        skipped.append(lease.query.id)
+        svc.release(alice, lease.query.id)
+    assert skipped == order  # oldest first, never a skipped one while an unskipped one waits
+    assert lease.available  # all skipped: they are offered again, in queue order
+    first = svc.store.conn().execute("SELECT id FROM queries WHERE state='queued' OR id=? "
+                                     "ORDER BY order_key, disagreement DESC LIMIT 1", (lease.query.id,)).fetchone()
+    assert lease.query.id == first[0]
+    bob = svc.create_token("bob", "labeler")
+    assert svc.lease(bob).query.id != lease.query.id  # bob skipped nothing: plain queue order
+
+
+def test_lease_expiry_and_next_query_use_indexes(svc):
+    c = svc.store.conn()
+    plans = {}
+    for name, sql, args in (
+            ("expire", "UPDATE queries SET state='queued', lease_owner=NULL, lease_expires=NULL "
+                       "WHERE state='leased' AND lease_expires <= ?", (0.0,)),
+            ("next", "SELECT q.* FROM queries q WHERE q.state='queued' ORDER BY q.order_key LIMIT 1", ()),
+            ("next_scoped", "SELECT q.* FROM queries q WHERE q.state='queued' AND q.experiment IN (?) "
+                            "ORDER BY q.order_key LIMIT 1", ("Hop",))):
+        plans[name] = " ".join(r[3] for r in c.execute("EXPLAIN QUERY PLAN " + sql, args))
+    assert "queries_lease_expiry" in plans["expire"], plans
+    assert "queries_queued" in plans["next"], plans
+    assert "queries_state" in plans["next_scoped"], plans
+
+
 # ------------------------------------------------------------------------------------ forwarding
 class FakeReward:
     def __init__(self) -> None:

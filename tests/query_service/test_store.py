@@ -74,3 +74,35 @@ def test_write_is_atomic_and_visible_to_another_connection(tmp_path):
     assert b.conn().execute("SELECT value FROM meta WHERE key='x'").fetchone()[0] == "2"
     a.close()
     b.close()
+
+
+def test_writers_of_one_process_take_turns_without_busy_waits(tmp_path):
+    import threading
+    import time
+
+    a, b = Store(tmp_path), Store(tmp_path)
+    assert a._write_lock is b._write_lock  # one lock per database file in a process
+    with a.write() as c:
+        c.execute("CREATE TABLE n (i INTEGER)")
+    waits: list[float] = []
+    errors: list[BaseException] = []
+
+    def work(s: Store, k: int) -> None:
+        try:
+            for i in range(50):
+                t0 = time.perf_counter()
+                with s.write() as c:
+                    c.execute("INSERT INTO n (i) VALUES (?)", (k * 1000 + i,))
+                waits.append(time.perf_counter() - t0)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(a if k % 2 else b, k)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert a.conn().execute("SELECT COUNT(*) FROM n").fetchone()[0] == 400
+    a.close()
+    b.close()
