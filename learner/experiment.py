@@ -131,6 +131,9 @@ def preset(name: str | None, env_id: str) -> ExperimentConfig:
         steps = 60_000
         return ExperimentConfig(
             env=replace(env, segment_fraction=0.25),
+            # Faster than RLlib's defaults on CartPole-sized tasks: PPO on the true reward of
+            # FixedCartPole reaches 200/200 in ~17k steps with these (~44k with lr 3e-4, batch 2000).
+            rl=RLConfig(overrides=dict(lr=1e-3, train_batch_size_per_learner=1000)),
             reward=RewardConfig(members=3, hidden=(64, 64), steps_per_round=50),
             query=QueryConfig(label_budget=200, initial_labels=50, schedule_n0=20_000.0,
                               total_env_steps=float(steps), max_segments=1000),

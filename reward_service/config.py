@@ -98,7 +98,7 @@ class RewardConfig:
     mlp_chunk: int = 4096
     """Transitions per forward pass when scoring with the MLP."""
 
-    cnn_chunk: int = 512
+    cnn_chunk: int = 128
     """Transitions per forward pass when scoring with the CNN."""
 
     seed: int = 0

@@ -375,7 +375,9 @@ class RewardModel:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="reward-model-trainer", daemon=True)
+        threads = torch.get_num_threads()  # torch's setting is per thread: carry the caller's over
+        self._thread = threading.Thread(target=self._loop, args=(threads,), name="reward-model-trainer",
+                                        daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float | None = None) -> None:
@@ -398,7 +400,9 @@ class RewardModel:
     def version(self) -> int:
         return self._snapshot.version
 
-    def _loop(self) -> None:
+    def _loop(self, threads: int | None = None) -> None:
+        if threads:
+            torch.set_num_threads(threads)
         cfg = self.config
         while not self._stop.is_set():
             with self._lock:

@@ -25,6 +25,10 @@ _OPTIONS = [
     ("grpc.max_receive_message_length", wire.MAX_MESSAGE_BYTES),
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # Servers must accept the clients' 30 s keepalive pings; gRPC's default (5 min) answers them
+    # with GOAWAY "too_many_pings" and idle channels then fail their next call.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
+    ("grpc.http2.max_ping_strikes", 0),
 ]
 
 
@@ -43,8 +47,38 @@ def _retry_config(service: str) -> str:
     })
 
 
-def make_server(max_workers: int = 16) -> grpc.Server:
-    return grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=_OPTIONS)
+_MALLOC_TUNED = False
+
+
+def tune_malloc_for_large_messages() -> bool:
+    """Keep glibc from returning multi-MiB buffers to the OS after every message.
+
+    With glibc's default (dynamic) thresholds each message of a few MiB is allocated with fresh
+    pages (mmap, or a heap that was just trimmed), and the page faults made encoding / decoding a
+    4 MiB tensor ~10x slower than memcpy (docs/benchmarks.md). Raising M_MMAP_THRESHOLD and
+    M_TRIM_THRESHOLD lets those buffers be reused; the process may keep up to ~128 MiB of freed
+    heap. Process-wide, idempotent; a no-op (False) where libc is not glibc.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = bool(libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)) and bool(
+            libc.mallopt(m_trim_threshold, 128 * 1024 * 1024))
+    except (OSError, AttributeError):
+        return False
+    _MALLOC_TUNED = ok
+    return ok
+
+
+def make_server(max_workers: int = 16, initializer: Callable[[], Any] | None = None) -> grpc.Server:
+    """A sync server; `initializer` runs once in every worker thread (e.g. per-thread torch settings)."""
+    pool = futures.ThreadPoolExecutor(max_workers=max_workers, initializer=initializer)
+    return grpc.server(pool, options=_OPTIONS)
 
 
 def bind(server: grpc.Server, host: str, port: int, tls: tuple[bytes, bytes] | None = None) -> int:
@@ -100,7 +134,7 @@ def handle_errors(method: Callable) -> Callable:
         try:
             return method(self, request, context)
         except Exception as exc:  # noqa: BLE001 — every error becomes a status, never a crash
-            if isinstance(exc, grpc.RpcError) or _is_abort(exc):
+            if isinstance(exc, grpc.RpcError) or _is_abort(exc, context):
                 raise
             _abort(context, exc)
 
@@ -109,7 +143,7 @@ def handle_errors(method: Callable) -> Callable:
         try:
             yield from method(self, request, context)
         except Exception as exc:  # noqa: BLE001
-            if isinstance(exc, grpc.RpcError) or _is_abort(exc):
+            if isinstance(exc, grpc.RpcError) or _is_abort(exc, context):
                 raise
             _abort(context, exc)
 
@@ -118,9 +152,11 @@ def handle_errors(method: Callable) -> Callable:
     return streaming if inspect.isgeneratorfunction(method) else unary
 
 
-def _is_abort(exc: BaseException) -> bool:
-    # context.abort raises a bare Exception subclass private to grpc; let it through untouched.
-    return type(exc).__module__.startswith("grpc")
+def _is_abort(exc: BaseException, context: Any = None) -> bool:
+    # context.abort raises an exception private to grpc (a bare `Exception()` in grpcio 1.85) after
+    # recording the status on the context; let it through untouched so the status is not replaced.
+    state = getattr(context, "_state", None)
+    return bool(getattr(state, "aborted", False)) or type(exc).__module__.startswith("grpc")
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

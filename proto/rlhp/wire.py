@@ -66,7 +66,7 @@ def to_tensor(array: np.ndarray | Sequence, out: common_pb2.Tensor | None = None
     """Encode an array (any numeric dtype we support) as a `rlhp.v1.Tensor`."""
     arr = np.asarray(array)
     code = dtype_to_wire(arr.dtype)
-    arr = np.ascontiguousarray(arr, dtype=_TO_NUMPY[code])
+    arr = np.asarray(arr, dtype=_TO_NUMPY[code], order="C")  # (ascontiguousarray turns 0-d into [1])
     t = out if out is not None else common_pb2.Tensor()
     t.dtype = code
     del t.shape[:]
@@ -87,12 +87,13 @@ def from_tensor(t: common_pb2.Tensor, name: str = "tensor") -> np.ndarray:
     if any(s < 0 for s in shape):
         raise InvalidRequest(f"{name} has a negative dimension in shape {list(shape)}")
     expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    if expected != len(t.data):
+    data = t.data  # each access copies the bytes out of the message: read them once
+    if expected != len(data):
         raise InvalidRequest(
             f"{name} has shape {list(shape)} and dtype {DTYPE_NAMES[t.dtype]}, which needs "
-            f"{expected} bytes, but {len(t.data)} bytes were sent"
+            f"{expected} bytes, but {len(data)} bytes were sent"
         )
-    return np.frombuffer(t.data, dtype=dt).reshape(shape)
+    return np.frombuffer(data, dtype=dt).reshape(shape)
 
 
 def has_tensor(t: common_pb2.Tensor) -> bool:
@@ -123,6 +124,8 @@ class Space:
             raise ValueError("a discrete action space needs action_n > 0")
         if any(int(s) <= 0 for s in self.obs_shape):
             raise ValueError(f"obs_shape must be positive, got {self.obs_shape}")
+        if any(int(s) <= 0 for s in self.act_shape):
+            raise ValueError(f"act_shape must be positive, got {self.act_shape}")
 
     @property
     def is_image(self) -> bool:
@@ -247,6 +250,6 @@ class Preference(IntEnum):
     def parse(cls, value: int | str) -> "Preference":
         try:
             return cls[value.upper()] if isinstance(value, str) else cls(int(value))
-        except (KeyError, ValueError):
+        except (KeyError, ValueError, TypeError):
             raise InvalidRequest(
                 f"answer {value!r} is not one of LEFT, RIGHT, EQUAL, INCOMPARABLE") from None

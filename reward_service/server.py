@@ -1,0 +1,253 @@
+"""gRPC server of the reward service: decode with `rlhp.wire`, call the core, encode.
+
+Nothing here knows how the ensemble works. Every method is wrapped with `rpc.handle_errors`, so
+the core's `InvalidRequest` / `NotFound` / `FailedPrecondition` become INVALID_ARGUMENT /
+NOT_FOUND / FAILED_PRECONDITION with the core's message, anything unexpected becomes INTERNAL, and
+a bad request never takes the service down.
+
+    server = serve(RewardModel(space))        # 127.0.0.1, a free port
+    client = RewardClient(server.address)
+    ...
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Callable, Sequence
+
+import grpc
+import numpy as np
+
+from rlhp import rpc, wire
+from rlhp.v1 import common_pb2, reward_pb2, reward_pb2_grpc
+from reward_service.types import (
+    ComparisonData,
+    RewardBackend,
+    RewardStats,
+    SegmentData,
+)
+
+log = logging.getLogger("rlhp.reward_service")
+
+SERVICE_NAME = "rlhp.v1.RewardService"
+
+# The size of one request is bounded by gRPC's message limit (rlhp.wire.MAX_MESSAGE_BYTES) and the
+# number of transitions by the core (RewardConfig.max_score_batch); `max_batch` adds a per-request
+# limit of the server's own (None: none). RewardClient streams large batches in chunks.
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding / encoding helpers (shared with the client, which encodes what the server decodes).
+
+
+def decode_tensor(message, field: str, name: str) -> np.ndarray:
+    """The tensor in `message.field`; InvalidRequest naming `name` when absent or inconsistent."""
+    if not message.HasField(field) or not wire.has_tensor(getattr(message, field)):
+        raise wire.InvalidRequest(f"{name} is missing (a rlhp.v1.Tensor with dtype, shape and data)")
+    return wire.from_tensor(getattr(message, field), name)
+
+
+def decode_segment(seg: common_pb2.Segment, index: int) -> SegmentData:
+    where = f"segment {seg.id!r}" if seg.id else f"segment {index}"
+    return SegmentData(
+        id=seg.id,
+        observations=decode_tensor(seg, "observations", f"{where}: observations"),
+        actions=decode_tensor(seg, "actions", f"{where}: actions"),
+    )
+
+
+def encode_segment(seg: SegmentData, out: common_pb2.Segment) -> None:
+    out.id = seg.id
+    # A missing array stays unset, so the service answers "... observations is missing".
+    if seg.observations is not None:
+        wire.to_tensor(seg.observations, out.observations)
+    if seg.actions is not None:
+        wire.to_tensor(seg.actions, out.actions)
+
+
+def decode_label(value: int, comparison_id: str) -> wire.Preference:
+    if value == common_pb2.PREFERENCE_UNSPECIFIED:
+        raise wire.InvalidRequest(
+            f"comparison {comparison_id!r}: label PREFERENCE_UNSPECIFIED (unset) is not one of "
+            "LEFT, RIGHT, EQUAL, INCOMPARABLE")
+    try:
+        return wire.Preference(value)
+    except ValueError:
+        raise wire.InvalidRequest(
+            f"comparison {comparison_id!r}: label {value} is not one of "
+            "LEFT=1, RIGHT=2, EQUAL=3, INCOMPARABLE=4") from None
+
+
+def decode_comparison(c: reward_pb2.Comparison) -> ComparisonData:
+    # Ids are checked by the core (empty ids, unknown segments), with the same messages in-process.
+    return ComparisonData(id=c.id, left_id=c.left_id, right_id=c.right_id,
+                          label=decode_label(c.label, c.id))
+
+
+def stats_to_proto(s: RewardStats) -> reward_pb2.StatsResponse:
+    out = reward_pb2.StatsResponse(
+        model_version=int(s.model_version),
+        comparisons=int(s.comparisons),
+        comparisons_seen=int(s.comparisons_seen),
+        segments=int(s.segments),
+        train_loss=float(s.train_loss),
+        val_loss=float(s.val_loss),
+        train_accuracy=float(s.train_accuracy),
+        val_accuracy=float(s.val_accuracy),
+        train_steps=int(s.train_steps),
+        architecture=s.architecture,
+        target_std=float(s.target_std),
+    )
+    for m in s.members:
+        out.members.add(norm_mean=float(m.norm_mean), norm_std=float(m.norm_std),
+                        train_loss=float(m.train_loss), val_loss=float(m.val_loss), l2=float(m.l2))
+    if s.space is not None:
+        out.space.CopyFrom(s.space.to_proto())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
+    """`rlhp.v1.RewardService` over any `RewardBackend` (normally `reward_service.core.RewardModel`)."""
+
+    def __init__(self, model: RewardBackend, max_batch: int | None = None) -> None:
+        self.model = model
+        self.max_batch = max_batch
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _score(self, request: reward_pb2.ScoreRequest, what: str = "batch") -> reward_pb2.ScoreResponse:
+        obs = decode_tensor(request, "observations", f"{what}: observations")
+        act = decode_tensor(request, "actions", f"{what}: actions")
+        n = obs.shape[0] if obs.ndim else 0
+        if self.max_batch is not None and n > self.max_batch:
+            raise wire.InvalidRequest(
+                f"{what} has {n} transitions, more than the {self.max_batch} one request may carry; "
+                "split it and send the chunks over ScoreStream (RewardClient.score does this)")
+        try:
+            rewards, version = self.model.score(obs, act)
+        except wire.InvalidRequest as e:
+            if what != "batch":
+                raise wire.InvalidRequest(f"{what}: {e}") from None
+            raise
+        response = reward_pb2.ScoreResponse(model_version=int(version))
+        wire.to_tensor(np.asarray(rewards, dtype=np.float32), response.rewards)
+        return response
+
+    @rpc.handle_errors
+    def Score(self, request, context):
+        return self._score(request)
+
+    @rpc.handle_errors
+    def ScoreStream(self, request_iterator, context):
+        for i, request in enumerate(request_iterator):
+            yield self._score(request, what=f"chunk {i}")
+
+    # -- comparisons -----------------------------------------------------------------------
+
+    @staticmethod
+    def _segments(items: Sequence[common_pb2.Segment]) -> list[SegmentData]:
+        return [decode_segment(s, i) for i, s in enumerate(items)]
+
+    @rpc.handle_errors
+    def Disagreement(self, request, context):
+        segments = self._segments(request.segments)
+        pairs = [(p.left_id, p.right_id) for p in request.pairs]
+        disagreement, probability, version = self.model.disagreement(segments, pairs)
+        return reward_pb2.DisagreementResponse(
+            disagreement=np.asarray(disagreement, dtype=np.float32).tolist(),
+            probability=np.asarray(probability, dtype=np.float32).tolist(),
+            model_version=int(version),
+        )
+
+    @rpc.handle_errors
+    def AddComparisons(self, request, context):
+        segments = self._segments(request.segments)
+        comparisons = [decode_comparison(c) for c in request.comparisons]
+        r = self.model.add_comparisons(segments, comparisons)
+        return reward_pb2.AddComparisonsResponse(added=r.added, duplicates=r.duplicates,
+                                                 ignored=r.ignored, total=r.total)
+
+    # -- state -----------------------------------------------------------------------------
+
+    @rpc.handle_errors
+    def Stats(self, request, context):
+        return stats_to_proto(self.model.stats())
+
+    @rpc.handle_errors
+    def Checkpoint(self, request, context):
+        path, version = self.model.checkpoint(request.path or None)
+        return reward_pb2.CheckpointResponse(path=str(path), model_version=int(version))
+
+
+class RewardServer:
+    """A started gRPC server around one model; `address` is what clients connect to."""
+
+    def __init__(self, server: grpc.Server, servicer: RewardServicer, host: str, port: int) -> None:
+        self.server = server
+        self.servicer = servicer
+        self.host = host
+        self.port = port
+
+    @property
+    def model(self) -> RewardBackend:
+        return self.servicer.model
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"{host}:{self.port}"
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        """Stop accepting calls; calls in flight get `grace` seconds to finish."""
+        self.server.stop(grace).wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.server.wait_for_termination(timeout)
+
+    def __enter__(self) -> "RewardServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"RewardServer({self.address})"
+
+
+def inherit_torch_threads() -> Callable[[], None] | None:
+    """An initializer giving new threads this thread's torch CPU thread count (None without torch).
+
+    torch.set_num_threads() only reaches the thread that calls it as far as OpenMP / MKL are
+    concerned: BLAS calls in a fresh thread use every core. In gRPC worker threads on a busy machine
+    that made a small MLP forward ~10x slower than in the main thread (see docs/benchmarks.md).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    n = torch.get_num_threads()
+    return lambda: torch.set_num_threads(n)
+
+
+def serve(model: RewardBackend, host: str = "127.0.0.1", port: int = 0, max_workers: int = 8,
+          max_batch: int | None = None, tls: tuple[bytes, bytes] | None = None) -> RewardServer:
+    """Start serving `model` in this process (background threads) and return at once.
+
+    Binds loopback by default; `port=0` picks a free port (see `.port` / `.address`). Worker
+    threads use the torch thread count of the calling thread (`inherit_torch_threads`).
+    """
+    rpc.tune_malloc_for_large_messages()
+    server = rpc.make_server(max_workers=max_workers, initializer=inherit_torch_threads())
+    servicer = RewardServicer(model, max_batch=max_batch)
+    reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, server)
+    bound = rpc.bind(server, host, port, tls=tls)
+    server.start()
+    log.info("reward service listening on %s:%d", host, bound)
+    return RewardServer(server, servicer, host, bound)
+
