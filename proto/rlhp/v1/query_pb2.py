@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from rlhp.v1 import common_pb2 as rlhp_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13rlhp/v1/query.proto\x12\x07rlhp.v1\x1a\x14rlhp/v1/common.proto\"\x92\x02\n\rSegmentRecord\x12!\n\x07segment\x18\x01 \x01(\x0b\x32\x10.rlhp.v1.Segment\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x03 \x01(\t\x12%\n\x0ctrue_rewards\x18\x04 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\x12\x1f\n\x06\x66rames\x18\x05 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\x12\x1d\n\x04qpos\x18\x06 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\x12\x1d\n\x04qvel\x18\x07 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\x12\x10\n\x08\x65nv_step\x18\x08 \x01(\x03\x12\x0b\n\x03\x66ps\x18\t \x01(\x02\x12\x15\n\rrandom_policy\x18\n \x01(\x08\">\n\x12\x41\x64\x64SegmentsRequest\x12(\n\x08segments\x18\x01 \x03(\x0b\x32\x16.rlhp.v1.SegmentRecord\"\\\n\x13\x41\x64\x64SegmentsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x03\x12\x0e\n\x06stored\x18\x04 \x01(\x03\">\n\x15ReportProgressRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x11\n\tenv_steps\x18\x02 \x01(\x03\"n\n\x16ReportProgressResponse\x12\x0e\n\x06labels\x18\x01 \x01(\x03\x12\x15\n\rlabels_wanted\x18\x02 \x01(\x03\x12\x17\n\x0fqueries_pending\x18\x03 \x01(\x03\x12\x14\n\x0clabel_budget\x18\x04 \x01(\x03\"?\n\x11LeaseQueryRequest\x12\x13\n\x0b\x65xperiments\x18\x01 \x03(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x02\"\\\n\x0bTeacherView\x12%\n\x0cleft_rewards\x18\x01 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\x12&\n\rright_rewards\x18\x02 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\"\xcc\x01\n\x05Query\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x03 \x01(\t\x12\x0f\n\x07left_id\x18\x04 \x01(\t\x12\x10\n\x08right_id\x18\x05 \x01(\t\x12\x15\n\rlease_expires\x18\x06 \x01(\x01\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\x12\x0b\n\x03\x66ps\x18\x08 \x01(\x02\x12\x0e\n\x06length\x18\t \x01(\x03\x12%\n\x07teacher\x18\n \x01(\x0b\x32\x14.rlhp.v1.TeacherView\"~\n\x12LeaseQueryResponse\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x1d\n\x05query\x18\x02 \x01(\x0b\x32\x0e.rlhp.v1.Query\x12\x13\n\x0bwaiting_for\x18\x03 \x01(\t\x12\x0f\n\x07pending\x18\x04 \x01(\x03\x12\x10\n\x08\x61nswered\x18\x05 \x01(\x03\"U\n\x0eGetClipRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12!\n\x04side\x18\x02 \x01(\x0e\x32\x13.rlhp.v1.Preference\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\"2\n\x0fGetClipResponse\x12\x11\n\tmime_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\\\n\x12SubmitLabelRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12#\n\x06\x61nswer\x18\x02 \x01(\x0e\x32\x13.rlhp.v1.Preference\x12\x0f\n\x07seconds\x18\x03 \x01(\x02\"_\n\x13SubmitLabelResponse\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.rlhp.v1.SubmitStatus\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x03\"\'\n\x13ReleaseQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\"\x16\n\x14ReleaseQueryResponse\"\x13\n\x11QueryStatsRequest\"\xe2\x01\n\x0f\x45xperimentStats\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x02 \x01(\t\x12\x10\n\x08segments\x18\x03 \x01(\x03\x12\x17\n\x0fqueries_pending\x18\x04 \x01(\x03\x12\x16\n\x0equeries_leased\x18\x05 \x01(\x03\x12\x0e\n\x06labels\x18\x06 \x01(\x03\x12\x15\n\rlabels_wanted\x18\x07 \x01(\x03\x12\x14\n\x0clabel_budget\x18\x08 \x01(\x03\x12\x11\n\tenv_steps\x18\t \x01(\x03\x12\x18\n\x10labels_forwarded\x18\n \x01(\x03\"D\n\x0cLabelerStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61nswered\x18\x02 \x01(\x03\x12\x14\n\x0cmean_seconds\x18\x03 \x01(\x02\"l\n\x12QueryStatsResponse\x12-\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x18.rlhp.v1.ExperimentStats\x12\'\n\x08labelers\x18\x02 \x03(\x0b\x32\x15.rlhp.v1.LabelerStats*`\n\x0cSubmitStatus\x12\x1d\n\x19SUBMIT_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x14\n\x10\x41LREADY_ANSWERED\x10\x03\x32\x89\x04\n\x0cQueryService\x12H\n\x0b\x41\x64\x64Segments\x12\x1b.rlhp.v1.AddSegmentsRequest\x1a\x1c.rlhp.v1.AddSegmentsResponse\x12Q\n\x0eReportProgress\x12\x1e.rlhp.v1.ReportProgressRequest\x1a\x1f.rlhp.v1.ReportProgressResponse\x12\x45\n\nLeaseQuery\x12\x1a.rlhp.v1.LeaseQueryRequest\x1a\x1b.rlhp.v1.LeaseQueryResponse\x12<\n\x07GetClip\x12\x17.rlhp.v1.GetClipRequest\x1a\x18.rlhp.v1.GetClipResponse\x12H\n\x0bSubmitLabel\x12\x1b.rlhp.v1.SubmitLabelRequest\x1a\x1c.rlhp.v1.SubmitLabelResponse\x12K\n\x0cReleaseQuery\x12\x1c.rlhp.v1.ReleaseQueryRequest\x1a\x1d.rlhp.v1.ReleaseQueryResponse\x12@\n\x05Stats\x12\x1a.rlhp.v1.QueryStatsRequest\x1a\x1b.rlhp.v1.QueryStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13rlhp/v1/query.proto\x12\x07rlhp.v1\x1a\x14rlhp/v1/common.proto\"\x92\x02\n\rSegmentRecord\x12!\n\x07segment\x18\x01 \x01(\x0b\x32\x10.rlhp.v1.Segment\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x03 \x01(\t\x12%\n\x0ctrue_rewards\x18\x04 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\x12\x1f\n\x06\x66rames\x18\x05 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\x12\x1d\n\x04qpos\x18\x06 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\x12\x1d\n\x04qvel\x18\x07 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\x12\x10\n\x08\x65nv_step\x18\x08 \x01(\x03\x12\x0b\n\x03\x66ps\x18\t \x01(\x02\x12\x15\n\rrandom_policy\x18\n \x01(\x08\">\n\x12\x41\x64\x64SegmentsRequest\x12(\n\x08segments\x18\x01 \x03(\x0b\x32\x16.rlhp.v1.SegmentRecord\"\\\n\x13\x41\x64\x64SegmentsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x03\x12\x12\n\nduplicates\x18\x02 \x01(\x03\x12\x0f\n\x07\x64ropped\x18\x03 \x01(\x03\x12\x0e\n\x06stored\x18\x04 \x01(\x03\"|\n\x15ReportProgressRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x11\n\tenv_steps\x18\x02 \x01(\x03\x12\x16\n\x0ereward_address\x18\x03 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x04 \x01(\t\x12\x14\n\x0clabel_budget\x18\x05 \x01(\x03\"n\n\x16ReportProgressResponse\x12\x0e\n\x06labels\x18\x01 \x01(\x03\x12\x15\n\rlabels_wanted\x18\x02 \x01(\x03\x12\x17\n\x0fqueries_pending\x18\x03 \x01(\x03\x12\x14\n\x0clabel_budget\x18\x04 \x01(\x03\"?\n\x11LeaseQueryRequest\x12\x13\n\x0b\x65xperiments\x18\x01 \x03(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x02\"\\\n\x0bTeacherView\x12%\n\x0cleft_rewards\x18\x01 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\x12&\n\rright_rewards\x18\x02 \x01(\x0b\x32\x0f.rlhp.v1.Tensor\"\xcc\x01\n\x05Query\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\nexperiment\x18\x02 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x03 \x01(\t\x12\x0f\n\x07left_id\x18\x04 \x01(\t\x12\x10\n\x08right_id\x18\x05 \x01(\t\x12\x15\n\rlease_expires\x18\x06 \x01(\x01\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\x12\x0b\n\x03\x66ps\x18\x08 \x01(\x02\x12\x0e\n\x06length\x18\t \x01(\x03\x12%\n\x07teacher\x18\n \x01(\x0b\x32\x14.rlhp.v1.TeacherView\"~\n\x12LeaseQueryResponse\x12\x11\n\tavailable\x18\x01 \x01(\x08\x12\x1d\n\x05query\x18\x02 \x01(\x0b\x32\x0e.rlhp.v1.Query\x12\x13\n\x0bwaiting_for\x18\x03 \x01(\t\x12\x0f\n\x07pending\x18\x04 \x01(\x03\x12\x10\n\x08\x61nswered\x18\x05 \x01(\x03\"U\n\x0eGetClipRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12!\n\x04side\x18\x02 \x01(\x0e\x32\x13.rlhp.v1.Preference\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\"2\n\x0fGetClipResponse\x12\x11\n\tmime_type\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"\\\n\x12SubmitLabelRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12#\n\x06\x61nswer\x18\x02 \x01(\x0e\x32\x13.rlhp.v1.Preference\x12\x0f\n\x07seconds\x18\x03 \x01(\x02\"_\n\x13SubmitLabelResponse\x12%\n\x06status\x18\x01 \x01(\x0e\x32\x15.rlhp.v1.SubmitStatus\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x10\n\x08\x61nswered\x18\x03 \x01(\x03\"\'\n\x13ReleaseQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\"\x16\n\x14ReleaseQueryResponse\"\x13\n\x11QueryStatsRequest\"\xe2\x01\n\x0f\x45xperimentStats\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x0e\n\x06\x65nv_id\x18\x02 \x01(\t\x12\x10\n\x08segments\x18\x03 \x01(\x03\x12\x17\n\x0fqueries_pending\x18\x04 \x01(\x03\x12\x16\n\x0equeries_leased\x18\x05 \x01(\x03\x12\x0e\n\x06labels\x18\x06 \x01(\x03\x12\x15\n\rlabels_wanted\x18\x07 \x01(\x03\x12\x14\n\x0clabel_budget\x18\x08 \x01(\x03\x12\x11\n\tenv_steps\x18\t \x01(\x03\x12\x18\n\x10labels_forwarded\x18\n \x01(\x03\"D\n\x0cLabelerStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x61nswered\x18\x02 \x01(\x03\x12\x14\n\x0cmean_seconds\x18\x03 \x01(\x02\"l\n\x12QueryStatsResponse\x12-\n\x0b\x65xperiments\x18\x01 \x03(\x0b\x32\x18.rlhp.v1.ExperimentStats\x12\'\n\x08labelers\x18\x02 \x03(\x0b\x32\x15.rlhp.v1.LabelerStats*`\n\x0cSubmitStatus\x12\x1d\n\x19SUBMIT_STATUS_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x14\n\x10\x41LREADY_ANSWERED\x10\x03\x32\x89\x04\n\x0cQueryService\x12H\n\x0b\x41\x64\x64Segments\x12\x1b.rlhp.v1.AddSegmentsRequest\x1a\x1c.rlhp.v1.AddSegmentsResponse\x12Q\n\x0eReportProgress\x12\x1e.rlhp.v1.ReportProgressRequest\x1a\x1f.rlhp.v1.ReportProgressResponse\x12\x45\n\nLeaseQuery\x12\x1a.rlhp.v1.LeaseQueryRequest\x1a\x1b.rlhp.v1.LeaseQueryResponse\x12<\n\x07GetClip\x12\x17.rlhp.v1.GetClipRequest\x1a\x18.rlhp.v1.GetClipResponse\x12H\n\x0bSubmitLabel\x12\x1b.rlhp.v1.SubmitLabelRequest\x1a\x1c.rlhp.v1.SubmitLabelResponse\x12K\n\x0cReleaseQuery\x12\x1c.rlhp.v1.ReleaseQueryRequest\x1a\x1d.rlhp.v1.ReleaseQueryResponse\x12@\n\x05Stats\x12\x1a.rlhp.v1.QueryStatsRequest\x1a\x1b.rlhp.v1.QueryStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'rlhp.v1.query_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUBMITSTATUS']._serialized_start=1984
-  _globals['_SUBMITSTATUS']._serialized_end=2080
+  _globals['_SUBMITSTATUS']._serialized_start=2046
+  _globals['_SUBMITSTATUS']._serialized_end=2142
   _globals['_SEGMENTRECORD']._serialized_start=55
   _globals['_SEGMENTRECORD']._serialized_end=329
   _globals['_ADDSEGMENTSREQUEST']._serialized_start=331
@@ -41,37 +41,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ADDSEGMENTSRESPONSE']._serialized_start=395
   _globals['_ADDSEGMENTSRESPONSE']._serialized_end=487
   _globals['_REPORTPROGRESSREQUEST']._serialized_start=489
-  _globals['_REPORTPROGRESSREQUEST']._serialized_end=551
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=553
-  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=663
-  _globals['_LEASEQUERYREQUEST']._serialized_start=665
-  _globals['_LEASEQUERYREQUEST']._serialized_end=728
-  _globals['_TEACHERVIEW']._serialized_start=730
-  _globals['_TEACHERVIEW']._serialized_end=822
-  _globals['_QUERY']._serialized_start=825
-  _globals['_QUERY']._serialized_end=1029
-  _globals['_LEASEQUERYRESPONSE']._serialized_start=1031
-  _globals['_LEASEQUERYRESPONSE']._serialized_end=1157
-  _globals['_GETCLIPREQUEST']._serialized_start=1159
-  _globals['_GETCLIPREQUEST']._serialized_end=1244
-  _globals['_GETCLIPRESPONSE']._serialized_start=1246
-  _globals['_GETCLIPRESPONSE']._serialized_end=1296
-  _globals['_SUBMITLABELREQUEST']._serialized_start=1298
-  _globals['_SUBMITLABELREQUEST']._serialized_end=1390
-  _globals['_SUBMITLABELRESPONSE']._serialized_start=1392
-  _globals['_SUBMITLABELRESPONSE']._serialized_end=1487
-  _globals['_RELEASEQUERYREQUEST']._serialized_start=1489
-  _globals['_RELEASEQUERYREQUEST']._serialized_end=1528
-  _globals['_RELEASEQUERYRESPONSE']._serialized_start=1530
-  _globals['_RELEASEQUERYRESPONSE']._serialized_end=1552
-  _globals['_QUERYSTATSREQUEST']._serialized_start=1554
-  _globals['_QUERYSTATSREQUEST']._serialized_end=1573
-  _globals['_EXPERIMENTSTATS']._serialized_start=1576
-  _globals['_EXPERIMENTSTATS']._serialized_end=1802
-  _globals['_LABELERSTATS']._serialized_start=1804
-  _globals['_LABELERSTATS']._serialized_end=1872
-  _globals['_QUERYSTATSRESPONSE']._serialized_start=1874
-  _globals['_QUERYSTATSRESPONSE']._serialized_end=1982
-  _globals['_QUERYSERVICE']._serialized_start=2083
-  _globals['_QUERYSERVICE']._serialized_end=2604
+  _globals['_REPORTPROGRESSREQUEST']._serialized_end=613
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_start=615
+  _globals['_REPORTPROGRESSRESPONSE']._serialized_end=725
+  _globals['_LEASEQUERYREQUEST']._serialized_start=727
+  _globals['_LEASEQUERYREQUEST']._serialized_end=790
+  _globals['_TEACHERVIEW']._serialized_start=792
+  _globals['_TEACHERVIEW']._serialized_end=884
+  _globals['_QUERY']._serialized_start=887
+  _globals['_QUERY']._serialized_end=1091
+  _globals['_LEASEQUERYRESPONSE']._serialized_start=1093
+  _globals['_LEASEQUERYRESPONSE']._serialized_end=1219
+  _globals['_GETCLIPREQUEST']._serialized_start=1221
+  _globals['_GETCLIPREQUEST']._serialized_end=1306
+  _globals['_GETCLIPRESPONSE']._serialized_start=1308
+  _globals['_GETCLIPRESPONSE']._serialized_end=1358
+  _globals['_SUBMITLABELREQUEST']._serialized_start=1360
+  _globals['_SUBMITLABELREQUEST']._serialized_end=1452
+  _globals['_SUBMITLABELRESPONSE']._serialized_start=1454
+  _globals['_SUBMITLABELRESPONSE']._serialized_end=1549
+  _globals['_RELEASEQUERYREQUEST']._serialized_start=1551
+  _globals['_RELEASEQUERYREQUEST']._serialized_end=1590
+  _globals['_RELEASEQUERYRESPONSE']._serialized_start=1592
+  _globals['_RELEASEQUERYRESPONSE']._serialized_end=1614
+  _globals['_QUERYSTATSREQUEST']._serialized_start=1616
+  _globals['_QUERYSTATSREQUEST']._serialized_end=1635
+  _globals['_EXPERIMENTSTATS']._serialized_start=1638
+  _globals['_EXPERIMENTSTATS']._serialized_end=1864
+  _globals['_LABELERSTATS']._serialized_start=1866
+  _globals['_LABELERSTATS']._serialized_end=1934
+  _globals['_QUERYSTATSRESPONSE']._serialized_start=1936
+  _globals['_QUERYSTATSRESPONSE']._serialized_end=2044
+  _globals['_QUERYSERVICE']._serialized_start=2145
+  _globals['_QUERYSERVICE']._serialized_end=2666
 # @@protoc_insertion_point(module_scope)

@@ -174,18 +174,33 @@ class ReportProgressRequest(_message.Message):
 
     EXPERIMENT_FIELD_NUMBER: _builtins.int
     ENV_STEPS_FIELD_NUMBER: _builtins.int
+    REWARD_ADDRESS_FIELD_NUMBER: _builtins.int
+    ENV_ID_FIELD_NUMBER: _builtins.int
+    LABEL_BUDGET_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     env_steps: _builtins.int
     """total env steps so far (monotone)"""
+    reward_address: _builtins.str
+    """Where this experiment's reward service listens (HOST:PORT). Many experiments (games) share one
+    query service, each with its own reward model: selection and forwarding use this address.
+    Empty: keep the one already known (or the service's default reward backend).
+    """
+    env_id: _builtins.str
+    """gymnasium id of the experiment (shown to labelers)"""
+    label_budget: _builtins.int
+    """0: the service's default budget"""
     def __init__(
         self,
         *,
         experiment: _builtins.str = ...,
         env_steps: _builtins.int = ...,
+        reward_address: _builtins.str = ...,
+        env_id: _builtins.str = ...,
+        label_budget: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_steps", b"env_steps", "experiment", b"experiment"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_id", b"env_id", "env_steps", b"env_steps", "experiment", b"experiment", "label_budget", b"label_budget", "reward_address", b"reward_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
