@@ -102,9 +102,10 @@ def preset_for(env_id: str) -> str:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CartPole-sized tasks: learns FixedCartPole from a good reward in ~20k steps.
-    "classic": dict(lr=3e-4, gamma=0.99, lambda_=0.95, train_batch_size_per_learner=2000,
-                    minibatch_size=128, num_epochs=10, clip_param=0.2, vf_loss_coeff=0.5,
+    # CartPole-sized tasks. Measured: with a perfect (normalised) reward on FixedCartPole the
+    # true return reaches 200/200 after ~13k env steps (lr 3e-4, batch 2000 needed > 24k).
+    "classic": dict(lr=1e-3, gamma=0.99, lambda_=0.95, train_batch_size_per_learner=1000,
+                    minibatch_size=64, num_epochs=10, clip_param=0.2, vf_loss_coeff=0.5,
                     vf_clip_param=1e4, entropy_coeff=0.0, use_kl_loss=False),
     # MuJoCo locomotion (the usual PPO settings; learned rewards are normalised to std 1).
     "mujoco": dict(lr=3e-4, gamma=0.99, lambda_=0.95, train_batch_size_per_learner=2048,
