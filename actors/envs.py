@@ -246,7 +246,16 @@ class MujocoStateInfo(gym.Wrapper):
         return obs, reward, terminated, truncated, self._add(info)
 
 
+# Locomotion envs that end an episode when the body is "unhealthy" (fallen). Like the paper, we keep
+# episodes at a fixed length by default: an early end leaks reward information (falling ends the
+# episode) and makes episodes shorter than a segment under a fresh policy.
+FIXED_LENGTH_MUJOCO = ("Hopper", "Walker2d", "Ant", "Humanoid", "HumanoidStandup")
+
+
 def make_mujoco(env_id: str, **kwargs: Any) -> gym.Env:
+    name = env_id.split("/")[-1].split("-")[0]
+    if name in FIXED_LENGTH_MUJOCO and name != "HumanoidStandup":
+        kwargs.setdefault("terminate_when_unhealthy", False)
     env = MujocoStateInfo(gym.make(env_id, **kwargs))
     return TrueRewardToInfo(env, fps=1.0 / float(env.unwrapped.dt))
 

@@ -113,3 +113,35 @@ def test_policy_follows_preferences_not_the_env_reward(tmp_path, ray_local):
     returns = evaluate(run_dir, episodes=5)
     # A random policy keeps the pole up ~20 of 200 steps; one that follows the env reward, ~200.
     assert np.mean(returns) <= 0.2 * HORIZON, returns
+
+
+def _media_of_policy_segments(run_dir: Path, experiment_name: str) -> list[dict]:
+    from query_service.store import unpack
+
+    with sqlite3.connect(run_dir / "labels.sqlite") as c:
+        rows = c.execute("SELECT media, random_policy FROM segments WHERE experiment=?",
+                         (experiment_name,)).fetchall()
+    return [dict(unpack(m), random_policy=bool(r)) for m, r in rows if m is not None]
+
+
+@pytest.mark.parametrize("env_id, arch", [("ALE/Pong-v5", "cnn"), ("Hopper-v5", "mlp")])
+def test_smoke_run_atari_and_mujoco(tmp_path, ray_local, env_id, arch):
+    cfg = experiment.resolve(env_id, "smoke", runs_dir=str(tmp_path),
+                             sets=["run.max_env_steps=1000", "run.pretrain_steps=5",
+                                   "run.initial_segments=12", "query.initial_labels=6"])
+    run_dir = tmp_path / cfg.experiment
+    summary = _run(cfg, run_dir)
+    assert summary["env_steps"] >= 1000
+    from reward_service.core import RewardModel
+
+    model = RewardModel.load(str(run_dir / "reward" / "reward_model.pt"))
+    assert model.stats().architecture == arch
+    media = _media_of_policy_segments(run_dir, cfg.experiment)
+    # Random-policy segments from the driver AND segments streamed by the RLlib env runner.
+    assert any(m["random_policy"] for m in media) and any(not m["random_policy"] for m in media)
+    m = next(m for m in media if not m["random_policy"])
+    if arch == "cnn":
+        assert m["frames"].dtype == np.uint8 and m["frames"].shape[1:] == (210, 160, 3)
+    else:
+        assert m["qpos"].shape[1] == 6 and m["qvel"].shape[1] == 6
+    assert _labels(run_dir) >= cfg.query.initial
