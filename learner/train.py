@@ -88,7 +88,8 @@ class Trainer:
                  ray_address: str | None = None, reward_address: str | None = None,
                  query_address: str | None = None, query_token: str | None = None,
                  out: Callable[[str], None] | None = None,
-                 teacher_factory: Callable[[int], Any] | None = None) -> None:
+                 teacher_factory: Callable[[int], Any] | None = None,
+                 on_iteration: Callable[[dict], None] | None = None) -> None:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.resume = resume
@@ -96,7 +97,8 @@ class Trainer:
         self.reward_address = reward_address
         self.query_address = query_address
         self.producer_token = query_token or ""
-        self.say = out or (lambda s: print(s, flush=True))
+        self._out = out or (lambda s: print(s, flush=True))
+        self._last_say = time.time()
         self.experiment = cfg.experiment
         self.model = None  # in-process RewardModel (embedded reward service)
         self.reward_server = None
@@ -111,11 +113,16 @@ class Trainer:
         self._teachers: list[threading.Thread] = []
         self._owns_ray = False
         self.teacher_factory = teacher_factory  # i -> SyntheticTeacher (tests, custom teachers)
+        self.on_iteration = on_iteration  # called with each metrics row, after its checkpoint (Tune)
         import torch
 
         # The driver hosts the learner, the reward model and both services: oversubscribing the
         # cores with torch's intra-op threads slows all of them down.
         torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+
+    def say(self, line: str) -> None:
+        self._last_say = time.time()
+        self._out(line)
 
     # ---- set-up ---------------------------------------------------------------------------
 
@@ -161,8 +168,21 @@ class Trainer:
         elif not self.producer_token:
             raise TrainError("--query-address needs --query-token (a producer token: "
                              "rlhp token create --role producer)")
+        if self.qcore is None:  # a shared query service: tell it where this run's reward model is
+            from query_service.client import QueryClient
+
+            with QueryClient(self.query_address, self.producer_token) as client:
+                self.report_progress(client)
         self.say(f"reward service at {self.reward_address}, query service at {self.query_address}, "
                  f"run directory {self.run_dir}")
+
+    def report_progress(self, client: Any) -> Any:
+        """Env steps to the query service; a shared one (many games) also learns this run's reward
+        service address, env id and label budget, so it routes this experiment's labels here."""
+        if self.qcore is not None:
+            return client.report_progress(self.experiment, self.env_steps)
+        return client.report_progress(self.experiment, self.env_steps, reward_address=self.reward_address or "",
+                                      env_id=self.cfg.env.env_id, label_budget=self.cfg.query.label_budget)
 
     def _create_token(self, name: str, role: str) -> str:
         """A fresh token (only hashes are stored, so a resumed run makes new ones under new names)."""
@@ -272,7 +292,7 @@ class Trainer:
         timeout = self.cfg.run.initial_label_timeout_s
         try:
             while True:
-                p = client.report_progress(self.experiment, self.env_steps)
+                p = self.report_progress(client)
                 have = p.labels
                 if have >= need:
                     break
@@ -297,10 +317,20 @@ class Trainer:
         deadline = time.time() + 60
         while self.qcore is not None and self.qcore.unforwarded() > 0 and time.time() < deadline:
             self.qcore.forward_once()
+        while (self.qcore is None and self.model.stats().comparisons_seen < self.cfg.query.initial
+               and time.time() < deadline):  # a shared query service forwards on its own
+            time.sleep(0.1)
         steps = self.cfg.run.pretrain_steps
         if steps > 0:
-            t0 = time.time()
-            self.model.train(steps)
+            t0, done = time.time(), 0
+            chunk = max(1, min(steps, self.cfg.reward.steps_per_round))
+            while done < steps:  # in rounds, with a progress line each ~10 s
+                n = min(chunk, steps - done)
+                self.model.train(n)
+                done += n
+                if done < steps and time.time() - self._last_say > 10:
+                    self.say(f"pretraining the reward model: {done}/{steps} steps "
+                             f"({time.time() - t0:.0f} s)")
             s = self.model.stats()
             self.say(f"reward model pretrained: {steps} steps on {s.comparisons} comparisons in "
                      f"{time.time() - t0:.1f} s (version {s.model_version}, val accuracy "
@@ -367,7 +397,7 @@ class Trainer:
 
         client = QueryClient(self.query_address, self.producer_token)
         try:
-            p = client.report_progress(self.experiment, self.env_steps)
+            p = self.report_progress(client)
         finally:
             client.close()
         stats = self.model.stats() if self.model is not None else None
@@ -438,6 +468,8 @@ class Trainer:
                 self.say(_progress(row))
                 if self.iteration % max(1, self.cfg.run.checkpoint_every) == 0:
                     self.checkpoint()
+                if self.on_iteration is not None:
+                    self.on_iteration(row)
             self.checkpoint()
         finally:
             metrics.close()
@@ -485,7 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  rlhp train --env Hopper-v5 --labelers human      # prints the labeling command and waits\n"
                "  rlhp train --env rlhp/FixedCartPole-v0 --preset smoke\n"
                "  rlhp train --resume runs/pong-v5                 # continue where it stopped\n")
-    p.add_argument("--env", help="gymnasium id, e.g. ALE/Pong-v5, Hopper-v5, rlhp/FixedCartPole-v0")
+    p.add_argument("--env", action="append",
+                   help="gymnasium id, e.g. ALE/Pong-v5, Hopper-v5, rlhp/FixedCartPole-v0; give several "
+                        "(--env A --env B) to train one experiment per game at once (learner/multi.py)")
     p.add_argument("--preset", choices=experiment.PRESETS,
                    help="settings preset (default: from the env: atari, mujoco or classic)")
     p.add_argument("--config", help="YAML/TOML file overriding any config field")
@@ -521,7 +555,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, Path, 
     sets = list(args.set)
     if args.labels is not None:
         sets.append(f"query.label_budget={args.labels}")
-    cfg = experiment.resolve(args.env, args.preset, args.config, sets, name=args.name,
+    env = args.env[0] if isinstance(args.env, list) else args.env
+    cfg = experiment.resolve(env, args.preset, args.config, sets, name=args.name,
                              runs_dir=args.runs_dir, max_env_steps=args.steps,
                              labelers=args.labelers, seed=args.seed)
     if cfg.query.initial > cfg.query.label_budget:
@@ -536,6 +571,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, Path, 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from learner import multi
+
+    if multi.wanted(args):  # several --env, or --resume of a many-games run
+        return multi.main_from_args(args)
     try:
         cfg, run_dir, resume = config_from_args(args)
     except (TrainError, configs.ConfigError, ValueError) as e:

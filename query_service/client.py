@@ -102,9 +102,11 @@ class QueryClient:
             acc, dup, drop, stored = acc + res.accepted, dup + res.duplicates, drop + res.dropped, res.stored
         return AddSegmentsResult(acc, dup, drop, stored)
 
-    def report_progress(self, experiment: str, env_steps: int) -> Progress:
-        r = self._rpc("ReportProgress", query_pb2.ReportProgressRequest(experiment=experiment,
-                                                                        env_steps=int(env_steps)))
+    def report_progress(self, experiment: str, env_steps: int, reward_address: str = "", env_id: str = "",
+                        label_budget: int = 0) -> Progress:
+        r = self._rpc("ReportProgress", query_pb2.ReportProgressRequest(
+            experiment=experiment, env_steps=int(env_steps), reward_address=reward_address or "",
+            env_id=env_id or "", label_budget=int(label_budget or 0)))
         return Progress(r.labels, r.labels_wanted, r.queries_pending, r.label_budget)
 
     # -- labelers ------------------------------------------------------------------------------

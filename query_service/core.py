@@ -9,6 +9,12 @@ Free of gRPC and Ray: `server.py` decodes requests, calls these methods and maps
     lease = svc.lease(token)          # a query, or `waiting_for` in words
     svc.submit(token, lease.query.id, Preference.LEFT, seconds=4.2)   # durable before it returns
 
+Many experiments (one per game) may share one service, each with its own reward model: a learner
+reports its reward service's address with its progress (`report_progress(..., reward_address=...)`);
+the address is kept in the database (`meta`, key `reward_address:<experiment>`), and selection
+(disagreement) and forwarding of that experiment go to it. Experiments without an address use the
+`reward` backend given here (None: their labels wait, unforwarded, until an address is known).
+
 Rules (DESIGN.md §3): a label is committed (SQLite WAL, synchronous=FULL, one transaction) before
 `submit` returns; submitting is idempotent per query; an expired lease returns the query to the
 queue; a late answer is still accepted when nobody else answered first; every request is validated.
@@ -38,6 +44,8 @@ from .types import (AddSegmentsResult, ExperimentStats, LabelerStats, Lease, Pro
 log = logging.getLogger("rlhp.query")
 
 LABELING_ROLES = ("labeler", "teacher", "admin")
+ROUTE_KEY = "reward_address:"  # meta key prefix: the reward service address of one experiment
+MAX_LABEL_BUDGET = 10_000_000
 PRODUCER_ROLES = ("producer", "admin")
 MAX_ID_CHARS = 200
 
@@ -62,11 +70,21 @@ class QueryService:
     """See the module docstring. Thread-safe; state lives in `<run_dir>/labels.sqlite`."""
 
     def __init__(self, run_dir: str | Path, config: QueryConfig | None = None, reward: Any = None,
-                 clock: Callable[[], float] = time.time, seed: int | None = None) -> None:
+                 clock: Callable[[], float] = time.time, seed: int | None = None,
+                 reward_factory: Callable[[str], Any] | None = None) -> None:
         self.config = config or QueryConfig()
         self.run_dir = Path(run_dir)
         self.store = Store(self.run_dir)
-        self.reward = reward
+        self.reward = reward  # default backend: experiments that reported no reward address
+        # address -> backend (default: a `reward_service.client.RewardClient`, created on first use)
+        self._reward_factory = reward_factory or _reward_client
+        self._routes_lock = threading.Lock()
+        with self.store.read() as c:
+            self._routes: dict[str, str] = {r[0][len(ROUTE_KEY):]: r[1] for r in c.execute(
+                "SELECT key, value FROM meta WHERE key LIKE ?", (ROUTE_KEY + "%",))}
+        self._backends: dict[str, Any] = {}
+        self._schedules: dict[int, QueryConfig] = {}
+        self._forward_backoff: dict[str, tuple[float, float]] = {}  # experiment -> (delay, retry at)
         self.clock = clock
         self._rng = random.Random(seed)
         self._select_lock = threading.Lock()
@@ -106,6 +124,14 @@ class QueryService:
 
     def close(self) -> None:
         self.stop()
+        with self._routes_lock:
+            backends, self._backends = list(self._backends.values()), {}
+        for b in backends:
+            if hasattr(b, "close"):
+                try:
+                    b.close()
+                except Exception:  # noqa: BLE001
+                    pass
         if self._renderer is not None and hasattr(self._renderer, "close"):
             try:
                 self._renderer.close()
@@ -123,8 +149,42 @@ class QueryService:
         """Swap the reward backend (e.g. after the reward service moved); forwarding resumes."""
         self.reward = reward
         self._warned_fallback = False
+        self._forward_backoff.clear()
         self._wake_forward.set()
         self._wake_select.set()
+
+    # ------------------------------------------------------------------------------ routing
+    def reward_address(self, experiment: str) -> str:
+        """The reward service address `experiment` reported ("" when none: the default backend)."""
+        with self._routes_lock:
+            return self._routes.get(experiment, "")
+
+    def reward_for(self, experiment: str) -> Any:
+        """The reward backend of `experiment`: its own service if it reported one, else the default."""
+        return self._route(experiment)[1]
+
+    def _route(self, experiment: str) -> tuple[str, Any]:
+        """(address, backend) of `experiment`; address "" for the default backend."""
+        with self._routes_lock:
+            address = self._routes.get(experiment, "")
+            if not address:
+                return "", self.reward
+            backend = self._backends.get(address)
+            if backend is None:
+                backend = self._backends[address] = self._reward_factory(address)
+            return address, backend
+
+    def _drop_backend(self, address: str) -> None:
+        """Forget the cached backend of `address` when no experiment routes to it any more."""
+        with self._routes_lock:
+            if address in self._routes.values():
+                return
+            backend = self._backends.pop(address, None)
+        if backend is not None and hasattr(backend, "close"):
+            try:
+                backend.close()
+            except Exception:  # noqa: BLE001
+                pass
 
     # ------------------------------------------------------------------------------ tokens
     def create_token(self, name: str, role: str = "labeler", experiments: Sequence[str] | str = ()) -> str:
@@ -292,27 +352,78 @@ class QueryService:
             raise InvalidRequest(f"{what} contain {int(a.size - np.isfinite(a).sum())} NaN or infinite value(s)")
         return a
 
-    def report_progress(self, token: str, experiment: str, env_steps: int) -> Progress:
-        """Record env steps T (kept monotone); returns where the label schedule stands."""
+    def report_progress(self, token: str, experiment: str, env_steps: int, reward_address: str = "",
+                        env_id: str = "", label_budget: int = 0) -> Progress:
+        """Record env steps T (kept monotone); returns where the label schedule stands.
+
+        `reward_address` (HOST:PORT) routes this experiment's selection and forwarding to its own
+        reward service ("" keeps the one known). A new address (the learner restarted elsewhere)
+        re-sends the experiment's labels there: a reward model restored from an older checkpoint gets
+        those it missed, the others count as duplicates. `label_budget` > 0 replaces the service's
+        default budget for this experiment (its schedule is the default one scaled to that budget);
+        `env_id` names the game for labelers.
+        """
         caller = self._auth(token, PRODUCER_ROLES)
         experiment = self._experiment_name(experiment)
         if not caller.may(experiment):
             raise Unauthenticated(f"{caller.name!r} may not report progress for {experiment!r}")
         try:
             steps = int(env_steps)
+            budget = int(label_budget or 0)
         except (TypeError, ValueError):
-            raise InvalidRequest("env_steps must be an integer") from None
+            raise InvalidRequest("env_steps and label_budget must be integers") from None
         if steps < 0:
             raise InvalidRequest(f"env_steps must be ≥ 0, got {steps}")
+        if not 0 <= budget <= MAX_LABEL_BUDGET:
+            raise InvalidRequest(f"label_budget must lie in [0, {MAX_LABEL_BUDGET:,}] (0: the service's "
+                                 f"default), got {budget}")
+        address = self._address(reward_address)
+        env_id = self._text(env_id, "env_id")
         with self.store.write() as c:
-            c.execute("INSERT INTO progress (experiment, env_steps, label_budget, updated) VALUES (?, ?, ?, ?) "
-                      "ON CONFLICT (experiment) DO UPDATE SET env_steps=MAX(env_steps, excluded.env_steps), "
-                      "updated=excluded.updated", (experiment, steps, self.config.label_budget, self.clock()))
+            c.execute("INSERT INTO progress (experiment, env_id, env_steps, label_budget, updated) "
+                      "VALUES (?, ?, ?, ?, ?) ON CONFLICT (experiment) DO UPDATE SET "
+                      "env_steps=MAX(env_steps, excluded.env_steps), updated=excluded.updated"
+                      + (", label_budget=excluded.label_budget" if budget else "")
+                      + (", env_id=excluded.env_id" if env_id else ""),
+                      (experiment, env_id, steps, budget or self.config.label_budget, self.clock()))
+            old = self._routes.get(experiment, "")
+            moved = bool(address) and address != old
+            if moved:
+                c.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
+                          "value=excluded.value", (ROUTE_KEY + experiment, address))
+                resent = c.execute("UPDATE labels SET forwarded=0 WHERE forwarded=1 AND experiment=?",
+                                   (experiment,)).rowcount if old else 0
+                with self._routes_lock:  # under the write lock: `_forward_experiment` sees it when marking
+                    self._routes[experiment] = address
+        if moved:
+            self._forward_backoff.pop(experiment, None)
+            if old:
+                log.info("%s: reward service moved from %s to %s; re-sending its %d forwarded label(s)",
+                         experiment, old, address, resent)
+                self._drop_backend(old)
+            self._wake_forward.set()
         self._wake_select.set()
         with self.store.read() as c:
             s = self._schedule(c, experiment)
         return Progress(labels=s["labels"], labels_wanted=s["wanted"], queries_pending=s["queued"] + s["leased"],
                         label_budget=s["budget"])
+
+    @staticmethod
+    def _text(value: Any, what: str) -> str:
+        if value is None:
+            return ""
+        if not isinstance(value, str) or len(value) > MAX_ID_CHARS or any(
+                ch in value for ch in "\x00\n\r"):
+            raise InvalidRequest(f"{what} must be a string of ≤ {MAX_ID_CHARS} printable characters")
+        return value.strip()
+
+    @classmethod
+    def _address(cls, value: Any) -> str:
+        address = cls._text(value, "reward_address")
+        if address and (":" not in address or any(ch.isspace() for ch in address)):
+            raise InvalidRequest(f"reward_address must look like HOST:PORT (e.g. 127.0.0.1:50051), "
+                                 f"got {address!r}")
+        return address
 
     @staticmethod
     def _experiment_name(experiment: Any) -> str:
@@ -328,16 +439,28 @@ class QueryService:
                          (experiment,)).fetchone()
         env_steps = int(prog["env_steps"]) if prog else 0
         budget = int(prog["label_budget"]) if prog else self.config.label_budget
+        sched = self._schedule_config(budget)
         labels = c.execute("SELECT COUNT(*) FROM labels WHERE experiment=?", (experiment,)).fetchone()[0]
         counts = dict(c.execute("SELECT state, COUNT(*) FROM queries WHERE experiment=? AND state!='answered' "
                                 "GROUP BY state", (experiment,)).fetchall())
         segments = c.execute("SELECT COUNT(*) FROM segments WHERE experiment=?", (experiment,)).fetchone()[0]
         return dict(env_steps=env_steps, budget=budget, labels=labels, queued=counts.get("queued", 0),
-                    leased=counts.get("leased", 0), wanted=self.config.labels_wanted(env_steps, budget),
+                    leased=counts.get("leased", 0), wanted=sched.labels_wanted(env_steps),
                     segments=segments, env_id=prog["env_id"] if prog else "")
 
     def labels_wanted(self, env_steps: float, label_budget: int | None = None) -> int:
-        return self.config.labels_wanted(env_steps, label_budget)
+        return self._schedule_config(self.config.label_budget if label_budget is None
+                                     else label_budget).labels_wanted(env_steps)
+
+    def _schedule_config(self, budget: int) -> QueryConfig:
+        """The schedule of an experiment whose budget is `budget`: the service's, with that budget
+        (so its initial batch is min(initial_labels, budget) and its rate spends it by the horizon)."""
+        if budget == self.config.label_budget:
+            return self.config
+        cfg = self._schedules.get(budget)
+        if cfg is None:
+            cfg = self._schedules[budget] = replace(self.config, label_budget=budget)
+        return cfg
 
     # ------------------------------------------------------------------------------ selection
     def select_once(self) -> int:
@@ -362,7 +485,7 @@ class QueryService:
             needed = min(cfg.queue_target, s["wanted"] - s["labels"]) - pending
             if needed <= 0:
                 return 0
-            initial = s["labels"] + pending < cfg.initial
+            initial = s["labels"] + pending < self._schedule_config(s["budget"]).initial
             pool = c.execute("SELECT id, length, random_policy FROM segments WHERE experiment=? "
                              "ORDER BY seq DESC LIMIT ?", (exp, cfg.candidate_pool)).fetchall()
             taken = {(r[0], r[1]) for r in c.execute(
@@ -371,7 +494,8 @@ class QueryService:
             rand = [r for r in pool if r["random_policy"]]
             if len(rand) >= 2:
                 pool = rand
-        use_model = (cfg.selection == "disagreement" and self.reward is not None and not initial)
+        backend = self.reward_for(exp) if cfg.selection == "disagreement" and not initial else None
+        use_model = backend is not None
         n_cand = needed * (cfg.oversampling if use_model else 1)
         cands = self._draw_pairs(pool, n_cand, taken)
         if not cands:
@@ -379,7 +503,7 @@ class QueryService:
         version, scores = 0, None
         if use_model and len(cands) > needed:
             try:
-                scores, version = self._disagreement(exp, cands)
+                scores, version = self._disagreement(exp, cands, backend)
             except Exception as e:  # noqa: BLE001 — fall back to random selection
                 self.selection_fallbacks += 1
                 if not self._warned_fallback:
@@ -430,8 +554,11 @@ class QueryService:
             out.append((a, b))
         return out
 
-    def _disagreement(self, exp: str, pairs: list[tuple[str, str]]) -> tuple[np.ndarray, int]:
+    def _disagreement(self, exp: str, pairs: list[tuple[str, str]], backend: Any = None
+                      ) -> tuple[np.ndarray, int]:
         from reward_service.types import SegmentData
+
+        backend = backend if backend is not None else self.reward_for(exp)
 
         records = self.store.load_segments(exp, [i for p in pairs for i in p])
         scores = np.zeros(len(pairs), dtype=np.float64)
@@ -450,7 +577,7 @@ class QueryService:
                 size += extra
                 end += 1
             segs = [SegmentData(i, records[i].observations, records[i].actions) for i in ids]
-            std, _, version = self.reward.disagreement(segs, pairs[start:end])
+            std, _, version = backend.disagreement(segs, pairs[start:end])
             std = np.asarray(std, dtype=np.float64).reshape(-1)
             if std.shape[0] != end - start:
                 raise RuntimeError(f"reward model answered {std.shape[0]} disagreements for {end - start} pairs")
@@ -580,7 +707,7 @@ class QueryService:
                 reasons.append(f"all {_plural(s['leased'], 'pending query')} of {e} are leased by other labelers "
                                f"(they return to the queue if not answered in time)")
             elif labels + pending >= wanted:
-                t_next = self.config.env_steps_for(labels + pending + 1, budget)
+                t_next = self._schedule_config(budget).env_steps_for(labels + pending + 1)
                 if t_next is None:
                     reasons.append(f"label budget for {e} is fully queued ({labels:,} labels, {pending} pending)")
                 else:
@@ -740,47 +867,68 @@ class QueryService:
 
     # ------------------------------------------------------------------------------ forwarding
     def forward_once(self) -> int:
-        """Send up to `forward_batch` unforwarded labels to the reward model; mark them after success.
+        """Send up to `forward_batch` unforwarded labels per experiment to that experiment's reward
+        model; mark them after success.
 
         At-least-once: a crash between the call and the mark re-sends them, which the reward service
-        counts as duplicates (idempotent by query id). Raises when the reward model cannot be reached.
+        counts as duplicates (idempotent by query id). Every experiment is tried; when one's reward
+        model cannot be reached the others are still forwarded, then the first error is raised.
+        Labels of an experiment without a reward backend (no address, no default) wait.
         """
+        sent, failed = self._forward_pass()
+        if failed:
+            raise failed[0][1]
+        return sent
+
+    def _forward_pass(self, due: Callable[[str], bool] | None = None
+                      ) -> tuple[int, list[tuple[str, Exception]]]:
+        with self._forward_lock:
+            exps = [r[0] for r in self.store.conn().execute(
+                "SELECT DISTINCT experiment FROM labels WHERE forwarded=0")]
+            sent = 0
+            failed: list[tuple[str, Exception]] = []
+            for exp in exps:
+                if due is not None and not due(exp):
+                    continue
+                try:
+                    address, backend = self._route(exp)
+                    if backend is None:
+                        continue
+                    sent += self._forward_experiment(exp, backend, address)
+                except Exception as e:  # noqa: BLE001 — one reward service down never stops the others
+                    failed.append((exp, e))
+            self.forwarded += sent
+            return sent, failed
+
+    def _forward_experiment(self, exp: str, backend: Any, address: str = "") -> int:
         from reward_service.types import ComparisonData, SegmentData
 
-        if self.reward is None:
+        group = self.store.conn().execute(
+            "SELECT query_id, experiment, left_id, right_id, answer FROM labels WHERE forwarded=0 AND "
+            "experiment=? ORDER BY created LIMIT ?", (exp, self.config.forward_batch)).fetchall()
+        if not group:
             return 0
-        with self._forward_lock:
-            rows = self.store.conn().execute(
-                "SELECT query_id, experiment, left_id, right_id, answer FROM labels WHERE forwarded=0 "
-                "ORDER BY created LIMIT ?", (self.config.forward_batch,)).fetchall()
-            if not rows:
-                return 0
-            sent = 0
-            by_exp: dict[str, list] = {}
-            for r in rows:
-                by_exp.setdefault(r["experiment"], []).append(r)
-            for exp, group in by_exp.items():
-                records = self.store.load_segments(exp, [i for r in group for i in (r["left_id"], r["right_id"])])
-                ok = [r for r in group if r["left_id"] in records and r["right_id"] in records]
-                ok_ids = {r["query_id"] for r in ok}
-                lost = [r["query_id"] for r in group if r["query_id"] not in ok_ids]
-                if ok:
-                    ids = dict.fromkeys(i for r in ok for i in (r["left_id"], r["right_id"]))
-                    segs = [SegmentData(i, records[i].observations, records[i].actions) for i in ids]
-                    comps = [ComparisonData(r["query_id"], r["left_id"], r["right_id"], Preference(r["answer"]))
-                             for r in ok]
-                    res = self.reward.add_comparisons(segs, comps)
-                    self.forward_duplicates += int(getattr(res, "duplicates", 0) or 0)
-                with self.store.write() as c:
-                    for r in ok:
-                        c.execute("UPDATE labels SET forwarded=1 WHERE query_id=?", (r["query_id"],))
-                    for qid in lost:  # segments gone (cannot happen in normal operation): never retried
-                        c.execute("UPDATE labels SET forwarded=2 WHERE query_id=?", (qid,))
-                if lost:
-                    log.error("%d label(s) of %s reference missing segments and cannot be forwarded", len(lost), exp)
-                sent += len(ok)
-            self.forwarded += sent
-            return sent
+        records = self.store.load_segments(exp, [i for r in group for i in (r["left_id"], r["right_id"])])
+        ok = [r for r in group if r["left_id"] in records and r["right_id"] in records]
+        ok_ids = {r["query_id"] for r in ok}
+        lost = [r["query_id"] for r in group if r["query_id"] not in ok_ids]
+        if ok:
+            ids = dict.fromkeys(i for r in ok for i in (r["left_id"], r["right_id"]))
+            segs = [SegmentData(i, records[i].observations, records[i].actions) for i in ids]
+            comps = [ComparisonData(r["query_id"], r["left_id"], r["right_id"], Preference(r["answer"]))
+                     for r in ok]
+            res = backend.add_comparisons(segs, comps)
+            self.forward_duplicates += int(getattr(res, "duplicates", 0) or 0)
+        with self.store.write() as c:
+            if self.reward_address(exp) != address:
+                return 0  # the experiment moved to another reward service meanwhile: send them there
+            for r in ok:
+                c.execute("UPDATE labels SET forwarded=1 WHERE query_id=?", (r["query_id"],))
+            for qid in lost:  # segments gone (cannot happen in normal operation): never retried
+                c.execute("UPDATE labels SET forwarded=2 WHERE query_id=?", (qid,))
+        if lost:
+            log.error("%d label(s) of %s reference missing segments and cannot be forwarded", len(lost), exp)
+        return len(ok)
 
     def reforward(self, experiment: str | None = None) -> int:
         """Mark labels unforwarded so they are sent again (e.g. a reward service restarted without its
@@ -795,24 +943,48 @@ class QueryService:
         return self.store.conn().execute("SELECT COUNT(*) FROM labels WHERE forwarded=0").fetchone()[0]
 
     def _forward_loop(self) -> None:
-        delay = self.config.forward_interval
+        """Forward continuously; an experiment whose reward service fails is retried with its own
+        exponential backoff, so one game's unreachable reward service never delays another's labels."""
+        interval = self.config.forward_interval
+
+        def due(exp: str) -> bool:
+            entry = self._forward_backoff.get(exp)
+            return entry is None or entry[1] <= time.monotonic()
+
         while not self._stop.is_set():
             try:
-                n = self.forward_once()
-                delay = self.config.forward_interval
-                if n:
-                    continue  # more may be waiting
-            except Exception as e:  # noqa: BLE001 — retry with backoff
+                sent, failed = self._forward_pass(due)
+            except Exception as e:  # noqa: BLE001 — e.g. the database is busy: retry
+                sent, failed = 0, [("", e)]
+            now = time.monotonic()
+            for exp, e in failed:
                 self.forward_failures += 1
-                self.last_forward_error = f"{type(e).__name__}: {e}"
-                if delay == self.config.forward_interval:
+                self.last_forward_error = f"{exp + ': ' if exp else ''}{type(e).__name__}: {e}"
+                delay = self._forward_backoff.get(exp, (interval / 2, 0.0))[0] * 2
+                delay = min(self.config.forward_max_backoff, max(interval, delay))
+                if delay == interval:
                     log.warning("forwarding labels to the reward model failed (%s); retrying with backoff",
                                 self.last_forward_error)
-                delay = min(self.config.forward_max_backoff, delay * 2)
-                self._stop.wait(delay)
+                self._forward_backoff[exp] = (delay, now + delay)
+            failed_exps = {exp for exp, _ in failed}
+            for exp in [e for e in list(self._forward_backoff) if e not in failed_exps and due(e)]:
+                self._forward_backoff.pop(exp, None)  # tried again (or nothing left to send): healthy
+            if "" in failed_exps:
+                self._stop.wait(self._forward_backoff[""][0])
                 continue
-            self._wake_forward.wait(delay)
+            if sent:
+                continue  # more may be waiting
+            waits = [at - now for _, at in list(self._forward_backoff.values())]
+            self._wake_forward.wait(max(0.0, min([interval] + waits)))
             self._wake_forward.clear()
+
+
+def _reward_client(address: str) -> Any:
+    """The default backend of a routed experiment: its reward service over gRPC (imported here so
+    the core itself stays free of gRPC)."""
+    from reward_service.client import RewardClient
+
+    return RewardClient(address)
 
 
 __all__ = ["QueryService", "Caller", "ROLES"]

@@ -92,7 +92,9 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @rpc.handle_errors
     def ReportProgress(self, request: Any, context: grpc.ServicerContext) -> Any:
-        p = self.core.report_progress(rpc.token_from(context), request.experiment, request.env_steps)
+        p = self.core.report_progress(rpc.token_from(context), request.experiment, request.env_steps,
+                                      reward_address=request.reward_address, env_id=request.env_id,
+                                      label_budget=request.label_budget)
         return query_pb2.ReportProgressResponse(labels=p.labels, labels_wanted=p.labels_wanted,
                                                 queries_pending=p.queries_pending, label_budget=p.label_budget)
 

@@ -9,6 +9,8 @@ dev=0; [ "${1:-}" = "--dev" ] && dev=1
 SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
 pkgs="libosmesa6 libgl1"
 [ $dev = 1 ] && pkgs="$pkgs chromium chromium-driver"
+# the `ray up` cluster test (tests/deploy/test_ray_up.py): a private sshd on 127.0.0.1, rsync, nc
+[ $dev = 1 ] && pkgs="$pkgs openssh-server netcat-openbsd rsync"
 missing=""
 for p in $pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 if [ -n "$missing" ] && command -v apt-get >/dev/null; then

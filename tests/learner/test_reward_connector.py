@@ -127,15 +127,7 @@ class BatchSpy:
         return batch
 
 
-@pytest.fixture
-def ray_local():
-    import ray
-
-    torch.set_num_threads(1)
-    ray.init(address="local", include_dashboard=False, num_cpus=2, _node_ip_address="127.0.0.1",
-             log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+# `ray_local` (one loopback Ray cluster for the session) comes from tests/learner/conftest.py.
 
 
 def _tiny_config(reward, **kw):
