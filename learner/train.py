@@ -153,6 +153,9 @@ class Trainer:
             else:
                 space = self._space()
                 rcfg = replace(self.cfg.reward, seed=self.cfg.run.seed)
+                if rcfg.device == "cpu" and rcfg.train_duty_cycle == 1.0:
+                    # Embedded next to the learner on the same CPUs: train in the gaps.
+                    rcfg = replace(rcfg, train_duty_cycle=0.25)
                 self.model = RewardModel(space, rcfg, checkpoint_dir=str(self.run_dir / "reward"))
             self.reward_server = serve_reward(self.model, host=host, port=run.reward_port)
             self.reward_address = self.reward_server.address

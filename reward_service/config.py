@@ -80,6 +80,12 @@ class RewardConfig:
     """Background training pauses after this many consecutive rounds without new comparisons and
     resumes when comparisons arrive (keeps versions from churning); 0 means never pause."""
 
+    train_duty_cycle: float = 1.0
+    """Share of wall time the background trainer may train (0 < x ≤ 1): after a round that took t
+    seconds it rests t·(1−x)/x. 1 trains non-stop, as a reward service on its own GPU or cores
+    should; `rlhp train` embeds the service next to the learner and uses 0.25 on CPU-only machines,
+    where a non-stop trainer takes a whole core from the learner (see docs/benchmarks.md, Pipeline)."""
+
     idle_sleep_s: float = 0.05
     """How long the background loop waits when there is nothing to train on."""
 
@@ -125,6 +131,8 @@ class RewardConfig:
             problems.append("val_fraction must lie in [0, 1)")
         if self.l2_adapt < 1.0 or not 0 <= self.l2_min <= self.l2_init <= self.l2_max:
             problems.append("need l2_adapt >= 1 and l2_min <= l2_init <= l2_max")
+        if not 0.0 < self.train_duty_cycle <= 1.0:
+            problems.append("train_duty_cycle must lie in (0, 1]")
         if self.target_std <= 0:
             problems.append("target_std must be > 0")
         if self.norm_transitions < 1 or self.steps_per_round < 1 or self.eval_comparisons < 1:

@@ -413,9 +413,13 @@ class RewardModel:
                 self._wake.clear()
                 continue
             try:
+                t0 = time.perf_counter()
                 with self._train_lock:
                     self._train_round(cfg.steps_per_round, self._stop)
                 self.last_error = None
+                if cfg.train_duty_cycle < 1.0:  # leave the rest of the time to what shares the CPU
+                    busy = time.perf_counter() - t0
+                    self._stop.wait(busy * (1.0 - cfg.train_duty_cycle) / cfg.train_duty_cycle)
             except Exception as e:  # keep serving; say what went wrong in the log and stats
                 self.last_error = f"{type(e).__name__}: {e}"
                 log.exception("reward model training round failed")

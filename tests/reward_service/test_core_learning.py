@@ -345,7 +345,8 @@ def test_background_training_publishes_while_scoring(rng: np.random.Generator) -
         assert model.version == 0  # nothing to train on yet
         model.add_comparisons(segs, teacher(rng, ret, 150))
         deadline = time.monotonic() + 30
-        while model.version < 5 and time.monotonic() < deadline:
+        # Wait until the scorer thread has itself been answered by version ≥ 5 (not only published).
+        while (not seen or seen[-1] < 5) and time.monotonic() < deadline:
             time.sleep(0.05)
         # Comparisons can be added while training runs.
         assert model.add_comparisons([], teacher(rng, ret, 20, prefix="late")).added == 20
