@@ -36,7 +36,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 
 from learner import configs, experiment
 from learner.experiment import ExperimentConfig
@@ -275,68 +274,26 @@ class MultiRunner:
         return {n: self.qcore.create_token(f"actors-{n}", "producer", [n]) for n in names}
 
     def start_labelers(self) -> None:
-        from query_service.client import QueryClient
-        from query_service.teacher import SyntheticTeacher, run_teacher
+        from learner.train import start_labelers
 
         names = list(self.games)
-        if self.first.run.labelers == "human":
-            if self.qcore is None:
-                self.say("labelers: humans, through the query service you gave (--query-address)")
-                return
-            self.labeler_token = self.qcore.create_token("human", "labeler", names)
-            self.say(f"Label at:  rlhp label --server {self.query_address} --token {self.labeler_token}"
-                     f"   (queries of all {len(names)} games; each says which game it shows)")
-            return
-        if self.qcore is None:
-            raise TrainError("the synthetic teacher needs the embedded query service (it creates its token); "
-                             "with --query-address run `rlhp teacher` next to the service")
-        t = self.first.teacher
-        for i in range(max(1, t.labelers)):
-            token = self.qcore.create_token(f"teacher-{i}", "teacher", names)
-            teacher = SyntheticTeacher(beta=t.beta, mistake_prob=t.mistake_prob,
-                                       skip_threshold=max(0.0, t.skip_threshold),
-                                       equal_threshold=t.equal_threshold, gamma=t.gamma,
-                                       seed=self.first.run.seed * 1000 + i)
-            client = QueryClient(self.query_address, token)
-
-            def loop(client=client, teacher=teacher) -> None:
-                try:
-                    run_teacher(client, teacher, self._stop, experiments=names, poll_seconds=0.1)
-                except Exception as e:  # noqa: BLE001 — the table shows labels stalling
-                    log.error("synthetic teacher stopped: %s", e)
-                finally:
-                    client.close()
-
-            th = threading.Thread(target=loop, name=f"teacher-{i}", daemon=True)
-            th.start()
-            self._threads.append(th)
-        self.say(f"labelers: {max(1, t.labelers)} synthetic teacher(s) answering all games")
+        self.labeler_token, threads = start_labelers(
+            self.qcore, self.query_address, names, self.first.run.labelers, self.first.teacher,
+            self.first.run.seed, self._stop, self.say)
+        self._threads.extend(threads)
+        if threads:
+            self.say(f"labelers: {len(threads)} synthetic teacher(s) answering all games")
 
     # -- the live table -----------------------------------------------------------------------
     def _segment_corr(self, name: str, n: int = 32) -> float:
         """corr(predicted, true) segment returns over the game's recent segments, scored by its own
         reward service (only with the embedded query service: it holds the segments)."""
-        from learner.train import _pearson
+        from learner.train import segment_metrics
 
         backend = self.qcore.reward_for(name) if self.qcore is not None else None
         if backend is None or not self.qcore.reward_address(name):
             return math.nan
-        store = self.qcore.store
-        with store.read() as c:
-            ids = [r[0] for r in c.execute("SELECT id FROM segments WHERE experiment=? AND random_policy=0 "
-                                           "ORDER BY seq DESC LIMIT ?", (name, n))]
-        segs = list(store.load_segments(name, ids).values())
-        if len(segs) < 3:
-            return math.nan
-        rewards, _ = backend.score(np.concatenate([s.observations for s in segs]),
-                                   np.concatenate([s.actions for s in segs]))
-        pred, true, i = [], [], 0
-        for s in segs:
-            k = len(s.observations)
-            pred.append(float(np.sum(rewards[i:i + k])))
-            true.append(float(np.sum(s.true_rewards)))
-            i += k
-        return _pearson(np.array(pred), np.array(true))
+        return segment_metrics(self.qcore.store, name, backend, n=n, policy_only=True)[1]
 
     def table(self) -> str:
         from learner.status import run_table

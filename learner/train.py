@@ -81,6 +81,88 @@ def policy_dir(run_dir: Path) -> Path | None:
     return None
 
 
+def segment_metrics(store: Any, experiment: str, backend: Any, n: int = 100,
+                    policy_only: bool = False) -> tuple[float, float]:
+    """Mean predicted return and corr(predicted, true) over the `n` most recent segments of an
+    experiment in a query-service store, scored by `backend` (one batched call)."""
+    where = " AND random_policy=0" if policy_only else ""
+    with store.read() as c:
+        ids = [r[0] for r in c.execute(
+            f"SELECT id FROM segments WHERE experiment=?{where} ORDER BY seq DESC LIMIT ?", (experiment, n))]
+    segs = list(store.load_segments(experiment, ids).values())
+    if not segs:
+        return math.nan, math.nan
+    rewards, _ = backend.score(np.concatenate([s.observations for s in segs]),
+                               np.concatenate([s.actions for s in segs]))
+    pred, true, i = [], [], 0
+    for s in segs:
+        k = len(s.observations)
+        pred.append(float(np.sum(rewards[i:i + k])))
+        true.append(float(np.sum(s.true_rewards)))
+        i += k
+    return float(np.mean(pred)), _pearson(np.array(pred), np.array(true))
+
+
+def fresh_token(qcore: Any, name: str, role: str, experiments: list[str]) -> str:
+    """A new token under `name` (or `name-1`, ...: only hashes are stored, so a resumed run cannot
+    reuse an earlier token and makes a new one under a free name)."""
+    for suffix in range(1001):
+        candidate = name if suffix == 0 else f"{name}-{suffix}"
+        try:
+            return qcore.create_token(candidate, role, experiments)
+        except Exception:  # noqa: BLE001 — the name is taken by a token of an earlier run
+            if suffix == 1000:
+                raise
+    raise AssertionError("unreachable")
+
+
+def start_labelers(qcore: Any, query_address: str, experiments: list[str], labelers: str,
+                   teacher_cfg: Any, seed: int, stop: threading.Event, say: Callable[[str], None],
+                   teacher_factory: Callable[[int], Any] | None = None) -> tuple[str, list[threading.Thread]]:
+    """The labeler pool of a run: humans (a labeler token; the command to label is printed) or
+    synthetic teachers answering through the gRPC API in threads. Returns (labeler token, threads)."""
+    from query_service.client import QueryClient
+    from query_service.teacher import SyntheticTeacher, run_teacher
+
+    if labelers == "human":
+        if qcore is None:
+            say("labelers: humans, through the query service you gave (--query-address)")
+            return "", []
+        token = fresh_token(qcore, "human", "labeler", experiments)
+        say(f"Label at:  rlhp label --server {query_address} --token {token}")
+        say(f"(queries of {', '.join(experiments)}; more tokens: rlhp token create --run-dir "
+            f"<run dir> --name NAME)")
+        return token, []
+    if qcore is None:
+        raise TrainError("the synthetic teacher needs the embedded query service (it creates its "
+                         "token); with --query-address run `rlhp teacher` next to the service")
+    t = teacher_cfg
+    threads = []
+    for i in range(max(1, t.labelers)):
+        token = fresh_token(qcore, f"teacher-{i}", "teacher", experiments)
+        if teacher_factory is not None:
+            teacher = teacher_factory(i)
+        else:
+            teacher = SyntheticTeacher(beta=t.beta, mistake_prob=t.mistake_prob,
+                                       skip_threshold=max(0.0, t.skip_threshold),
+                                       equal_threshold=t.equal_threshold, gamma=t.gamma,
+                                       seed=seed * 1000 + i)
+        client = QueryClient(query_address, token)
+
+        def loop(client: Any = client, teacher: Any = teacher) -> None:
+            try:
+                run_teacher(client, teacher, stop, experiments=experiments, poll_seconds=0.1)
+            except Exception as e:  # noqa: BLE001 — the run says it waits for labels
+                log.error("synthetic teacher stopped: %s", e)
+            finally:
+                client.close()
+
+        th = threading.Thread(target=loop, name=f"teacher-{i}", daemon=True)
+        th.start()
+        threads.append(th)
+    return "", threads
+
+
 class Trainer:
     """Owns the services, the labelers and the RLlib algorithm of one run."""
 
@@ -188,55 +270,13 @@ class Trainer:
                                       env_id=self.cfg.env.env_id, label_budget=self.cfg.query.label_budget)
 
     def _create_token(self, name: str, role: str) -> str:
-        """A fresh token (only hashes are stored, so a resumed run makes new ones under new names)."""
         assert self.qcore is not None
-        suffix = 0
-        while True:
-            candidate = name if suffix == 0 else f"{name}-{suffix}"
-            try:
-                return self.qcore.create_token(candidate, role, [self.experiment])
-            except Exception:  # noqa: BLE001 — name taken by a revoked token of an earlier run
-                suffix += 1
-                if suffix > 1000:
-                    raise
+        return fresh_token(self.qcore, name, role, [self.experiment])
 
     def start_labelers(self) -> None:
-        from query_service.client import QueryClient
-        from query_service.teacher import SyntheticTeacher, run_teacher
-
-        if self.cfg.run.labelers == "human":
-            if self.qcore is None:
-                self.say("labelers: humans, through the query service you gave (--query-address)")
-                return
-            self.labeler_token = self._create_token("human", "labeler")
-            self.say("Label at:  rlhp label --server " f"{self.query_address} --token {self.labeler_token}")
-            self.say("(then open the page it prints; more tokens: rlhp token create --run-dir "
-                     f"{self.run_dir} --name NAME)")
-            return
-        if self.qcore is None:
-            raise TrainError("the synthetic teacher needs the embedded query service (it creates its "
-                             "token); with --query-address run `rlhp teacher` next to the service")
-        t = self.cfg.teacher
-        for i in range(max(1, t.labelers)):
-            token = self._create_token(f"teacher-{i}", "teacher")
-            if self.teacher_factory is not None:
-                teacher = self.teacher_factory(i)
-            else:
-                teacher = SyntheticTeacher(beta=t.beta, mistake_prob=t.mistake_prob,
-                                           skip_threshold=max(0.0, t.skip_threshold),
-                                           equal_threshold=t.equal_threshold, gamma=t.gamma,
-                                           seed=self.cfg.run.seed * 1000 + i)
-            client = QueryClient(self.query_address, token)
-            th = threading.Thread(target=self._teacher_loop, args=(client, teacher, run_teacher),
-                                  name=f"teacher-{i}", daemon=True)
-            th.start()
-            self._teachers.append(th)
-
-    def _teacher_loop(self, client, teacher, run_teacher) -> None:
-        try:
-            run_teacher(client, teacher, self._stop, experiments=[self.experiment], poll_seconds=0.1)
-        except Exception as e:  # noqa: BLE001 — report and let the run say it waits for labels
-            log.error("synthetic teacher stopped: %s", e)
+        self.labeler_token, self._teachers = start_labelers(
+            self.qcore, self.query_address, [self.experiment], self.cfg.run.labelers, self.cfg.teacher,
+            self.cfg.run.seed, self._stop, self.say, self.teacher_factory)
 
     # ---- the initial phase: random-policy segments, initial labels, pretraining ------------
 
@@ -376,24 +416,7 @@ class Trainer:
         """Mean predicted return and corr(predicted, true) over recent segments of this run."""
         if self.qcore is None or self.model is None:
             return math.nan, math.nan
-        store = self.qcore.store
-        with store.read() as c:
-            ids = [r["id"] for r in c.execute(
-                "SELECT id FROM segments WHERE experiment=? ORDER BY seq DESC LIMIT 100",
-                (self.experiment,))]
-        segs = list(store.load_segments(self.experiment, ids).values())
-        if not segs:
-            return math.nan, math.nan
-        obs = np.concatenate([s.observations for s in segs])
-        act = np.concatenate([s.actions for s in segs])
-        rewards, _ = self.model.score(obs, act)
-        pred, true, i = [], [], 0
-        for s in segs:
-            n = len(s.observations)
-            pred.append(float(rewards[i:i + n].sum()))
-            true.append(float(np.sum(s.true_rewards)))
-            i += n
-        return float(np.mean(pred)), _pearson(np.array(pred), np.array(true))
+        return segment_metrics(self.qcore.store, self.experiment, self.model)
 
     def _row(self, result: dict, dt: float, steps_before: int) -> dict:
         from query_service.client import QueryClient

@@ -33,12 +33,13 @@ import hashlib
 import logging
 import math
 import os
+import contextlib
 import tempfile
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -179,6 +180,10 @@ class RewardModel:
         self._lock = threading.Lock()
         self._add_lock = threading.Lock()
         self._train_lock = threading.RLock()
+        # Set while someone (a checkpoint) waits for `_train_lock`: the background round ends early
+        # and the loop does not take the lock again until they are done (Python locks are unfair).
+        self._yield = threading.Event()
+        self._yield_waiters = 0
         self._segments: dict[str, _Segment] = {}
         self._refs: dict[str, int] = {}
         self._comparisons: list[_Comparison] = []
@@ -412,10 +417,13 @@ class RewardModel:
                 self._wake.wait(cfg.idle_sleep_s)
                 self._wake.clear()
                 continue
+            if self._yield.is_set():
+                self._stop.wait(0.01)
+                continue
             try:
                 t0 = time.perf_counter()
                 with self._train_lock:
-                    self._train_round(cfg.steps_per_round, self._stop)
+                    self._train_round(cfg.steps_per_round, self._stop, interrupt=self._yield)
                 self.last_error = None
                 if cfg.train_duty_cycle < 1.0:  # leave the rest of the time to what shares the CPU
                     busy = time.perf_counter() - t0
@@ -425,7 +433,8 @@ class RewardModel:
                 log.exception("reward model training round failed")
                 self._stop.wait(1.0)
 
-    def _train_round(self, steps: int, stop: threading.Event | None) -> dict[str, Any]:
+    def _train_round(self, steps: int, stop: threading.Event | None,
+                     interrupt: threading.Event | None = None) -> dict[str, Any]:
         cfg = self.config
         t0 = time.perf_counter()
         with self._lock:
@@ -446,7 +455,7 @@ class RewardModel:
 
         done = 0
         for _ in range(steps):
-            if stop is not None and stop.is_set():
+            if (stop is not None and stop.is_set()) or (interrupt is not None and interrupt.is_set()):
                 break
             for m, member in enumerate(self._members):
                 idx = np.minimum(np.searchsorted(cdfs[m], self._rng.random(cfg.batch_size), side="right"),
@@ -685,6 +694,20 @@ class RewardModel:
 
     # ---- checkpoints ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _round_paused(self) -> Iterator[None]:
+        """Ask the background trainer to end its round early and stay out until we are done."""
+        with self._lock:
+            self._yield_waiters += 1
+            self._yield.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._yield_waiters -= 1
+                if self._yield_waiters == 0:
+                    self._yield.clear()
+
     def checkpoint(self, path: str | None = None) -> tuple[str, int]:
         """Atomically write everything needed to resume; returns (path, published version).
 
@@ -697,7 +720,7 @@ class RewardModel:
                     "no checkpoint path given and this reward model has no checkpoint directory")
             path = os.path.join(self.checkpoint_dir, CHECKPOINT_NAME)
         path = os.path.abspath(path)
-        with self._train_lock:  # members and optimisers between rounds; copies, so I/O runs unlocked
+        with self._round_paused(), self._train_lock:  # between rounds; copies, so I/O runs unlocked
             state = self._state()
         _atomic_save(state, path)
         return path, int(state["version"])
