@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from query_service.config import QueryConfig  # noqa: E402
 from query_service.core import QueryService  # noqa: E402
 from query_service.server import serve  # noqa: E402
+from query_service.testing import synthetic_atari_frames  # noqa: E402
 from query_service.types import SegmentRecord  # noqa: E402
 from rlhp.wire import Preference  # noqa: E402
 
@@ -47,30 +48,10 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 
 # ----------------------------------------------------------------------------- synthetic segments
 
-def atari_frames(seed: int, t: int = 25) -> np.ndarray:
-    """Atari-like frames (flat playfield, moving ball and paddle): compress like real Atari screens."""
-    rng = np.random.default_rng(seed)
-    frames = np.zeros((t, 210, 160, 3), np.uint8)
-    frames[:] = rng.integers(0, 120, 3, dtype=np.uint8)
-    frames[:, 24:34, :] = 236
-    bx, by, vx, vy = *rng.integers(20, 140, 2), *rng.choice([-4, -3, 3, 4], 2)
-    py = int(rng.integers(40, 160))
-    for i in range(t):
-        bx, by = bx + vx, by + vy
-        if not 4 <= bx <= 150:
-            vx = -vx
-        if not 40 <= by <= 200:
-            vy = -vy
-        py = int(np.clip(py + rng.integers(-6, 7), 40, 180))
-        frames[i, max(by, 0):by + 4, max(bx, 0):bx + 2] = 236
-        frames[i, py:py + 16, 140:144] = (92, 186, 92)
-    return frames
-
-
 def atari_segments(experiment: str, n: int, t: int = 25, start: int = 0, tiny: bool = False) -> list[SegmentRecord]:
     out = []
     for i in range(start, start + n):
-        frames = np.zeros((t, 8, 8, 3), np.uint8) if tiny else atari_frames(i, t)
+        frames = np.zeros((t, 8, 8, 3), np.uint8) if tiny else synthetic_atari_frames(i, t)
         out.append(SegmentRecord(
             id=f"{experiment}-{i:05d}", experiment=experiment, env_id="ALE/Pong-v5",
             observations=np.zeros((t, 8), np.float32), actions=np.zeros(t, np.int64),
