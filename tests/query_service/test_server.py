@@ -310,7 +310,7 @@ def test_forwarding_reaches_the_reward_service_and_resumes_after_it_restarts(tmp
             try:
                 assert core.forward_once() == 2
                 break
-            except grpc.RpcError:
+            except (grpc.RpcError, ConnectionError):  # the channel may still be in reconnect backoff
                 if time.time() > deadline:
                     raise
                 time.sleep(0.2)
