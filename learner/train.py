@@ -366,7 +366,9 @@ class Trainer:
         steps = self.cfg.run.pretrain_steps
         if steps > 0:
             t0, done = time.time(), 0
-            chunk = max(1, min(steps, self.cfg.reward.steps_per_round))
+            chunk = max(1, min(steps, 5))
+            self.say(f"pretraining the reward model: {steps} steps on "
+                     f"{self.model.stats().comparisons} comparisons ({self.model.stats().architecture})")
             while done < steps:  # in rounds, with a progress line each ~10 s
                 n = min(chunk, steps - done)
                 self.model.train(n)
