@@ -24,6 +24,14 @@ class RewardConfig:
     hidden: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the MLP used for vector observations (the paper: two layers of 64)."""
 
+    use_actions: bool = True
+    """Give the action a_t to the predictor, r̂(o_t, a_t) as in the paper; False predicts r̂(o_t).
+
+    A reward that the action enters directly is one the policy can raise by the action alone, with
+    no change of state: a small spurious action term (fitted from a few hundred labels of a random
+    policy's uniformly random actions) is the easiest thing for PPO to exploit, and on CartPole it
+    drove the policy to push one way at every step until the pole fell (docs/label_efficiency.md)."""
+
     cnn_filters: int = 16
     """Filters in each of the four conv layers of the Atari CNN."""
 
@@ -48,8 +56,20 @@ class RewardConfig:
     random_answer_prob: float = 0.1
     """ε of the labeler noise model: P = (1-ε)·σ(Δ) + ε/2 (the labeler answers at random with prob. ε)."""
 
+    validation: str = "oob"
+    """How each member is validated (the losses that adapt its L2, and the reported val metrics).
+
+    - ``"oob"`` (default): out of bag. Every comparison is trained on by the ensemble; member m
+      trains on its Poisson(1) bootstrap and is validated on the comparisons its bootstrap left out
+      (weight 0: a fraction e^-1 = 1/e of them in expectation, the paper's held-out share). No label
+      is spent on validation only, which matters when labels are few (≤ 200 on CartPole: the paper's
+      shared split would never train on ~74 of them).
+    - ``"split"``: the paper's shared split: `val_fraction` of the comparisons (a stable hash of the
+      id) are never trained on by any member."""
+
     val_fraction: float = 1.0 / math.e
-    """Fraction of comparisons held out for validation (chosen by a stable hash of the comparison id)."""
+    """Fraction of comparisons held out for validation with ``validation="split"`` (chosen by a
+    stable hash of the comparison id)."""
 
     l2_init: float = 1e-4
     """Initial L2 coefficient (penalty on the sum of squared weights, added to the loss)."""
@@ -127,6 +147,8 @@ class RewardConfig:
             problems.append("max_comparisons must be >= 1")
         if not 0.0 <= self.random_answer_prob < 1.0:
             problems.append("random_answer_prob must lie in [0, 1)")
+        if self.validation not in ("oob", "split"):
+            problems.append(f"validation must be 'oob' or 'split', not {self.validation!r}")
         if not 0.0 <= self.val_fraction < 1.0:
             problems.append("val_fraction must lie in [0, 1)")
         if self.l2_adapt < 1.0 or not 0 <= self.l2_min <= self.l2_init <= self.l2_max:

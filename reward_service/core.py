@@ -18,7 +18,9 @@ Choices worth knowing (see also the docstrings of the methods)
 --------------------------------------------------------------
 - Bootstrap: each comparison carries a Poisson(1) weight per member (the "online bootstrap"),
   drawn from a stable hash of its id, so a member's bootstrap sample stays fixed as the buffer
-  slides. The validation split (1/e by default) is a stable hash of the comparison id too.
+  slides. Validation is out of bag by default: member m is validated on the comparisons whose
+  weight for m is 0 (1/e of them in expectation), so every label trains the ensemble; the paper's
+  shared split (`validation="split"`, 1/e by a stable hash of the id) is an option.
 - Disagreement is computed on the members' *raw* outputs, i.e. the very Δ the Bradley–Terry loss
   is calibrated on. Normalising first would rescale each member's Δ by target_std/std_m (0.05 on
   Atari) and squash every probability towards 0.5 or saturate it, which says nothing about how
@@ -330,7 +332,8 @@ class RewardModel:
                 boot = np.array([_poisson1(_unit_hash(f"boot/{cfg.seed}/{m}/{cid}"))
                                  for m in range(cfg.members)], dtype=np.float64)
                 new.append(_Comparison(cid, left, right, int(label), float(label.target),
-                                       _unit_hash(f"val/{cid}") < cfg.val_fraction, boot))
+                                       cfg.validation == "split" and _unit_hash(f"val/{cid}") < cfg.val_fraction,
+                                       boot))
 
             with self._lock:  # commit: nothing below can fail on request data
                 for rec in new:
@@ -477,10 +480,12 @@ class RewardModel:
 
         # Measure (eval mode), adapt L2, normalise, publish.
         members_stats = []
+        oob = self.config.validation == "oob"
         for m, member in enumerate(self._members):
             mine = [r for r in train if r.boot[m] > 0] or train
+            held_out = [r for r in train if r.boot[m] == 0] if oob else val
             tr = self._evaluate(member, self._subsample(mine), segs)
-            va = self._evaluate(member, self._subsample(val), segs)
+            va = self._evaluate(member, self._subsample(held_out), segs)
             if math.isfinite(va[0]) and math.isfinite(tr[0]) and tr[0] > 0:
                 if va[0] > 1.5 * tr[0]:
                     self._l2[m] = min(self._l2[m] * cfg.l2_adapt, cfg.l2_max)
@@ -505,7 +510,9 @@ class RewardModel:
             last = dict(self._last)
         return {
             "published": True, "version": version, "steps": done, "seconds": elapsed,
-            "comparisons": len(train), "val_comparisons": len(val),
+            "comparisons": len(train),
+            "val_comparisons": (int(np.mean([(boot[:, m] == 0).sum() for m in range(cfg.members)]))
+                                if self.config.validation == "oob" else len(val)),
             "train_loss": _nanmean(last["train_loss"]), "val_loss": _nanmean(last["val_loss"]),
             "train_accuracy": _nanmean(last["train_accuracy"]),
             "val_accuracy": _nanmean(last["val_accuracy"]),

@@ -32,14 +32,18 @@ def architecture_for(space: Space) -> str:
 
 
 class _ActionFeatures(nn.Module):
-    """Discrete actions -> one-hot; box actions -> flattened floats."""
+    """Discrete actions -> one-hot; box actions -> flattened floats; nothing (width 0) when the
+    predictor does not see actions (`RewardConfig.use_actions`)."""
 
-    def __init__(self, space: Space) -> None:
+    def __init__(self, space: Space, use: bool = True) -> None:
         super().__init__()
         self.discrete = space.action_kind == "discrete"
-        self.dim = space.action_dim
+        self.use = bool(use)
+        self.dim = space.action_dim if self.use else 0
 
     def forward(self, act: torch.Tensor) -> torch.Tensor:
+        if not self.use:
+            return act.new_zeros((act.shape[0], 0), dtype=torch.float32)
         if self.discrete:
             return F.one_hot(act.reshape(-1).long(), self.dim).float()
         return act.reshape(act.shape[0], -1).float()
@@ -56,7 +60,7 @@ class RewardMLP(nn.Module):
 
     def __init__(self, space: Space, config: RewardConfig) -> None:
         super().__init__()
-        self.action = _ActionFeatures(space)
+        self.action = _ActionFeatures(space, config.use_actions)
         width = int(math.prod(space.obs_shape)) + self.action.dim
         layers: list[nn.Module] = []
         for h in config.hidden:
@@ -122,7 +126,7 @@ class RewardCNN(nn.Module):
         with torch.no_grad():
             flat = int(self.conv.eval()(torch.zeros(1, channels, h, w)).numel())
         self.conv.train()
-        self.action = _ActionFeatures(space)
+        self.action = _ActionFeatures(space, config.use_actions)
         self.fc = nn.Sequential(
             nn.Linear(flat + self.action.dim, config.cnn_fc),
             nn.LeakyReLU(config.leaky_slope),

@@ -367,3 +367,59 @@ def test_background_training_publishes_while_scoring(rng: np.random.Generator) -
     version = model.version
     time.sleep(0.2)
     assert model.version == version
+
+
+# ---- validation: out of bag (default) vs the paper's shared split ---------------------------------
+
+
+@pytest.mark.parametrize("mode", ["oob", "split"])
+def test_validation_modes_train_on_what_they_say(rng: np.random.Generator, mode: str) -> None:
+    task = LinearTask(rng)
+    segs, ret = task.segments(120, "s")
+    model = RewardModel(VEC, RewardConfig(members=3, seed=2, validation=mode))
+    model.add_comparisons(segs, teacher(rng, ret, 300))
+    comps = model._comparisons
+    held = sum(c.val for c in comps)
+    out = model.train(20)
+    if mode == "oob":
+        # every label trains the ensemble; each member is validated on what its bootstrap left out
+        assert held == 0 and out["comparisons"] == 300
+        oob = [sum(c.boot[m] == 0 for c in comps) for m in range(3)]
+        assert all(0.25 * 300 < k < 0.5 * 300 for k in oob), oob  # ≈ 300/e each
+        assert out["val_comparisons"] == int(np.mean(oob))
+    else:
+        assert 0.25 * 300 < held < 0.5 * 300 and out["comparisons"] == 300 - held
+        assert out["val_comparisons"] == held
+    assert np.isfinite(out["val_loss"]) and np.isfinite(out["val_accuracy"])
+
+
+def test_oob_validation_measures_unseen_comparisons(rng: np.random.Generator) -> None:
+    """A member's out-of-bag loss is a held-out loss: with random labels (nothing to learn) a member
+    that memorises its bootstrap does much worse out of bag than in bag."""
+    task = LinearTask(rng)
+    segs, _ = task.segments(200, "s")
+    ids = [s.id for s in segs]
+    comps = [ComparisonData(f"c{k}", ids[2 * k], ids[2 * k + 1],
+                            Preference.LEFT if rng.random() < 0.5 else Preference.RIGHT) for k in range(100)]
+    model = RewardModel(VEC, RewardConfig(members=2, seed=3, hidden=(128, 128), l2_init=1e-8, l2_max=1e-8,
+                                          l2_min=1e-8, lr=3e-3))
+    model.add_comparisons(segs, comps)
+    out = model.train(400)
+    assert out["train_loss"] < 0.5 < out["val_loss"], out
+
+
+def test_state_only_predictor_ignores_actions(rng: np.random.Generator) -> None:
+    task = LinearTask(rng)
+    segs, ret = task.segments(50, "s")
+    model = RewardModel(VEC, RewardConfig(members=2, seed=4, use_actions=False))
+    model.add_comparisons(segs, teacher(rng, ret, 100))
+    model.train(20)
+    obs = np.concatenate([s.observations for s in segs])
+    a = np.concatenate([s.actions for s in segs])
+    r1, _ = model.score(obs, a)
+    r2, _ = model.score(obs, -a)
+    np.testing.assert_array_equal(r1, r2)
+    with_actions = RewardModel(VEC, RewardConfig(members=2, seed=4))
+    with_actions.add_comparisons(segs, teacher(rng, ret, 100))
+    with_actions.train(20)
+    assert not np.array_equal(with_actions.score(obs, a)[0], with_actions.score(obs, -a)[0])
