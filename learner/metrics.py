@@ -14,7 +14,7 @@ COLUMNS = (
     "iteration", "time_s", "env_steps", "steps_per_s", "true_return", "predicted_return",
     "segment_corr", "labels", "labels_wanted", "label_rate", "queries_pending",
     "reward_version", "reward_val_accuracy", "reward_val_loss", "disagreement",
-    "segments_sent", "segments_dropped",
+    "segments_sent", "segments_dropped", "policy_corr", "step_corr",
 )
 
 
@@ -24,6 +24,8 @@ class MetricsWriter:
         self.path = Path(run_dir) / "metrics.csv"
         self.stream = stream
         new = not (resume and self.path.exists())
+        if not new:
+            _upgrade_header(self.path)
         self._file = open(self.path, "w" if new else "a", newline="")
         self._csv = csv.DictWriter(self._file, fieldnames=COLUMNS, extrasaction="ignore")
         if new:
@@ -55,6 +57,24 @@ class MetricsWriter:
             self._tb.close()
 
 
+def _upgrade_header(path: Path) -> None:
+    """A run resumed by a newer version whose COLUMNS gained entries: rewrite its CSV with today's
+    header (old rows get empty cells), so appended rows line up with the header."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+        f.seek(0)
+        header = next(csv.reader(f), [])
+    if tuple(header) == COLUMNS:
+        return
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in COLUMNS})
+    tmp.replace(path)
+
+
 def _fmt(v, spec: str) -> str:
     if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
         return "—"
@@ -65,7 +85,7 @@ def progress_line(row: Mapping[str, float]) -> str:
     return (
         f"[it {int(row.get('iteration', 0)):>4}] steps {int(row.get('env_steps', 0)):>9,} "
         f"({_fmt(row.get('steps_per_s'), '.0f')}/s) | true return {_fmt(row.get('true_return'), '.1f')} "
-        f"| pred {_fmt(row.get('predicted_return'), '.2f')} corr {_fmt(row.get('segment_corr'), '.2f')} "
+        f"| pred {_fmt(row.get('predicted_return'), '.2f')} corr {_fmt(row.get('segment_corr'), '.2f')} (policy {_fmt(row.get('policy_corr'), '.2f')}) "
         f"| labels {int(row.get('labels', 0))}/{int(row.get('labels_wanted', 0))} "
         f"pending {int(row.get('queries_pending', 0))} | rm v{int(row.get('reward_version', 0))} "
         f"acc {_fmt(row.get('reward_val_accuracy'), '.2f')}"

@@ -288,12 +288,12 @@ class MultiRunner:
     def _segment_corr(self, name: str, n: int = 32) -> float:
         """corr(predicted, true) segment returns over the game's recent segments, scored by its own
         reward service (only with the embedded query service: it holds the segments)."""
-        from learner.train import segment_metrics
+        from learner.diagnostics import segment_metrics
 
         backend = self.qcore.reward_for(name) if self.qcore is not None else None
         if backend is None or not self.qcore.reward_address(name):
             return math.nan
-        return segment_metrics(self.qcore.store, name, backend, n=n, policy_only=True)[1]
+        return segment_metrics(self.qcore.store, name, backend, n=n)["policy_corr"]
 
     def table(self) -> str:
         from learner.status import run_table

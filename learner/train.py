@@ -25,8 +25,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from learner import configs, experiment
 from learner.experiment import ExperimentConfig
 from learner.metrics import MetricsWriter
@@ -42,12 +40,6 @@ def _atomic_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    if len(a) < 3 or np.std(a) < 1e-12 or np.std(b) < 1e-12:
-        return math.nan
-    return float(np.corrcoef(a, b)[0, 1])
 
 
 def _find(result: dict, *path: str, default: Any = math.nan) -> Any:
@@ -79,28 +71,6 @@ def policy_dir(run_dir: Path) -> Path | None:
         if (Path(run_dir) / name / "rllib_checkpoint.json").exists():
             return Path(run_dir) / name
     return None
-
-
-def segment_metrics(store: Any, experiment: str, backend: Any, n: int = 100,
-                    policy_only: bool = False) -> tuple[float, float]:
-    """Mean predicted return and corr(predicted, true) over the `n` most recent segments of an
-    experiment in a query-service store, scored by `backend` (one batched call)."""
-    where = " AND random_policy=0" if policy_only else ""
-    with store.read() as c:
-        ids = [r[0] for r in c.execute(
-            f"SELECT id FROM segments WHERE experiment=?{where} ORDER BY seq DESC LIMIT ?", (experiment, n))]
-    segs = list(store.load_segments(experiment, ids).values())
-    if not segs:
-        return math.nan, math.nan
-    rewards, _ = backend.score(np.concatenate([s.observations for s in segs]),
-                               np.concatenate([s.actions for s in segs]))
-    pred, true, i = [], [], 0
-    for s in segs:
-        k = len(s.observations)
-        pred.append(float(np.sum(rewards[i:i + k])))
-        true.append(float(np.sum(s.true_rewards)))
-        i += k
-    return float(np.mean(pred)), _pearson(np.array(pred), np.array(true))
 
 
 def fresh_token(qcore: Any, name: str, role: str, experiments: list[str]) -> str:
@@ -414,10 +384,14 @@ class Trainer:
             self.algo.restore_from_path(str(policy))
             self.say(f"policy restored from {policy}")
 
-    def _segment_metrics(self) -> tuple[float, float]:
-        """Mean predicted return and corr(predicted, true) over recent segments of this run."""
+    def _segment_metrics(self) -> dict[str, float]:
+        """Predicted return and the reward-fit correlations over recent segments of this run
+        (`learner.diagnostics.segment_metrics`)."""
+        from learner.diagnostics import segment_metrics
+
         if self.qcore is None or self.model is None:
-            return math.nan, math.nan
+            return dict(predicted_return=math.nan, segment_corr=math.nan, policy_corr=math.nan,
+                        step_corr=math.nan)
         return segment_metrics(self.qcore.store, self.experiment, self.model)
 
     def _row(self, result: dict, dt: float, steps_before: int) -> dict:
@@ -429,7 +403,7 @@ class Trainer:
         finally:
             client.close()
         stats = self.model.stats() if self.model is not None else None
-        pred, corr = self._segment_metrics()
+        fit = self._segment_metrics()
         true_ret = _find(result, "env_runners", "true_episode_return")
         ev = _find(result, "evaluation", "env_runners", "true_episode_return")
         if not (isinstance(ev, float) and math.isnan(ev)):
@@ -438,7 +412,8 @@ class Trainer:
         row = dict(
             iteration=self.iteration, time_s=round(time.time() - self._t0, 1), env_steps=self.env_steps,
             steps_per_s=(self.env_steps - steps_before) / max(dt, 1e-9), true_return=true_ret,
-            predicted_return=pred, segment_corr=corr, labels=rows_labels, labels_wanted=p.labels_wanted,
+            predicted_return=fit["predicted_return"], segment_corr=fit["segment_corr"],
+            policy_corr=fit["policy_corr"], step_corr=fit["step_corr"], labels=rows_labels, labels_wanted=p.labels_wanted,
             label_rate=(rows_labels - self._labels_before) / max(1, self.env_steps - steps_before),
             queries_pending=p.queries_pending,
             reward_version=stats.model_version if stats else _find(result, "learners", "default_policy",
