@@ -44,6 +44,11 @@ class QueryConfig:
     candidate_pool: int = 500
     """Candidate pairs are drawn from the most recent `candidate_pool` segments of an experiment."""
 
+    min_policy_segments: int = 20
+    """After the initial batch, candidates come only from the policy's own segments once the
+    candidate pool holds at least this many of them (until then random-policy segments are used
+    too)."""
+
     label_budget: int = 700
     """Total labels wanted per experiment over the whole run (B)."""
 
@@ -95,6 +100,8 @@ class QueryConfig:
             raise ValueError("label_budget and initial_labels must be ≥ 0")
         if self.schedule_n0 <= 0 or self.total_env_steps <= 0 or self.label_rate < 0:
             raise ValueError("schedule_n0 and total_env_steps must be > 0 and label_rate ≥ 0")
+        if self.min_policy_segments < 2:
+            raise ValueError("min_policy_segments must be ≥ 2 (a query needs two segments)")
         if self.queue_target < 1 or self.forward_batch < 1:
             raise ValueError("queue_target and forward_batch must be ≥ 1")
 

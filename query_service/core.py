@@ -490,10 +490,17 @@ class QueryService:
                              "ORDER BY seq DESC LIMIT ?", (exp, cfg.candidate_pool)).fetchall()
             taken = {(r[0], r[1]) for r in c.execute(
                 "SELECT left_id, right_id FROM queries WHERE experiment=?", (exp,))}
-        if initial:
-            rand = [r for r in pool if r["random_policy"]]
-            if len(rand) >= 2:
-                pool = rand
+        # The initial batch shows the random policy; afterwards queries show the current policy
+        # (paper §2.2). Random-policy segments stay out of later queries once the policy has
+        # enough of its own: they are older and out of the policy's distribution, so the ensemble
+        # disagrees most on them, and on a task whose random play fails early (CartPole) two of them
+        # tie ("both fell": EQUAL), which spent most of the budget on answers about nothing.
+        rand = [r for r in pool if r["random_policy"]]
+        mine = [r for r in pool if not r["random_policy"]]
+        if initial and len(rand) >= 2:
+            pool = rand
+        elif not initial and len(mine) >= cfg.min_policy_segments:
+            pool = mine
         backend = self.reward_for(exp) if cfg.selection == "disagreement" and not initial else None
         use_model = backend is not None
         n_cand = needed * (cfg.oversampling if use_model else 1)
