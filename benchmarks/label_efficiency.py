@@ -1,0 +1,382 @@
+"""Learning from preferences, measured: reliability over seeds and label efficiency against true-reward PPO.
+
+    python benchmarks/label_efficiency.py --task cartpole --seeds 10           # the reliability sweep (~20 min)
+    python benchmarks/label_efficiency.py --tasks hopper,halfcheetah,reacher   # the paper's MuJoCo table (hours)
+    python benchmarks/label_efficiency.py --tasks hopper --labels 700 --seeds 1 --steps 200000
+    python benchmarks/label_efficiency.py --tasks hopper --labels 700 --teacher beta=1 --teacher-name beta1
+    python benchmarks/label_efficiency.py --tasks hopper --write-doc           # also update docs/label_efficiency.md
+
+Not run in CI (CI keeps one seed of the CartPole sweep: `tests/learner/test_train.py`).
+
+**cartpole** (`rlhp/FixedCartPole-v0`, the `classic` preset of `rlhp train` as it is: ≤ 200 synthetic
+labels, 40k env steps): one row per seed with the greedy policy's true return (mean of 5
+episodes, of 200), labels used, the share of EQUAL answers, corr(predicted, true) of the final
+reward model over the current policy's segments and over random-policy segments, and wall time.
+A seed passes at ≥ 160/200.
+
+**MuJoCo tasks** (`*-v5`, the `mujoco` preset): per task, PPO on the true reward (`true`) against
+rlhp with each label budget of `--labels` (synthetic teacher, 25% of the budget from
+random-policy segments up front), same PPO settings and env-step budget. The score of a run is the
+true return of its training episodes (RLlib's mean over the last 100 episodes, the same for both
+arms), averaged over the last 10% of its iterations; each rlhp arm is reported as a percentage of
+the true-reward arm's mean at the same steps. Curves (mean and range over seeds) go to
+`<out>/<task>.png`, every row to `<out>/results.json`.
+
+Runs are long: every finished run is written to `results.json` at once, and a later invocation with
+the same `--out` skips the runs that are there (so the sweep can be stopped and continued). Run it
+alone on the machine, one invocation at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from pipeline import ray_init, true_reward_config  # noqa: E402
+
+CARTPOLE = "rlhp/FixedCartPole-v0"
+CARTPOLE_PASS = 160.0
+MUJOCO = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5",
+          "swimmer": "Swimmer-v5", "reacher": "Reacher-v5", "idp": "InvertedDoublePendulum-v5",
+          "ant": "Ant-v5"}
+DEFAULT_STEPS = {"hopper": 1_000_000, "halfcheetah": 1_000_000, "walker2d": 1_000_000,
+                 "swimmer": 1_000_000, "reacher": 300_000, "idp": 300_000, "ant": 1_000_000}
+DOC = ROOT / "docs" / "label_efficiency.md"
+
+
+# --------------------------------------------------------------------------------------------
+# One run of each kind
+
+
+def _trainer_run(cfg: Any, run_dir: Path, tag: str, quiet: bool) -> tuple[list[dict], float]:
+    from learner import configs
+    from learner.train import Trainer
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    configs.save(cfg, run_dir / "config.yaml")
+    rows: list[dict] = []
+    t0 = time.time()
+
+    def on_iteration(row: dict) -> None:
+        rows.append({k: (float(v) if isinstance(v, (int, float)) else v) for k, v in row.items()})
+
+    out = (lambda s: None) if quiet else (lambda s: print(f"  [{tag}] {s}", flush=True))
+    trainer = Trainer(cfg, run_dir, out=out, on_iteration=on_iteration)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return rows, time.time() - t0
+
+
+def answer_counts(run_dir: Path) -> dict[str, int]:
+    from rlhp.wire import Preference
+
+    with sqlite3.connect(run_dir / "labels.sqlite") as c:
+        counts = dict(c.execute("SELECT answer, COUNT(*) FROM labels GROUP BY answer").fetchall())
+    return {Preference(k).name.lower(): int(v) for k, v in counts.items()}
+
+
+def cartpole_run(seed: int, runs_dir: Path, quiet: bool, sets: list[str] | None = None) -> dict:
+    from learner import experiment
+    from learner.diagnostics import reward_fit
+    from learner.evaluate import evaluate
+
+    cfg = experiment.resolve(CARTPOLE, "classic", runs_dir=str(runs_dir), name=f"cartpole-s{seed}", seed=seed,
+                             sets=sets or None)
+    run_dir = runs_dir / cfg.experiment
+    rows, wall = _trainer_run(cfg, run_dir, f"cartpole seed {seed}", quiet)
+    returns = evaluate(run_dir, episodes=5)
+    answers = answer_counts(run_dir)
+    fit = reward_fit(run_dir, episodes=4)
+    return dict(task="cartpole", arm="rlhp", seed=seed, greedy_return=float(sum(returns) / len(returns)),
+                returns=returns, labels=sum(answers.values()), answers=answers, wall_s=wall,
+                env_steps=int(rows[-1]["env_steps"]) if rows else 0, fit=fit, rows=rows)
+
+
+def mujoco_config(env_id: str, steps: int, labels: int, seed: int, runs_dir: Path, name: str,
+                  teacher: dict[str, float], sets: list[str] | None = None):
+    from learner import configs, experiment
+
+    cfg = experiment.resolve(env_id, "mujoco", name=name, runs_dir=str(runs_dir), max_env_steps=steps, seed=seed,
+                             sets=sets or None)
+    return configs.apply(cfg, {"query": {"label_budget": int(labels), "initial_labels": max(1, labels // 4)},
+                               "teacher": dict(teacher), "run": {"checkpoint_every": 10**9}})
+
+
+def mujoco_rlhp(task: str, steps: int, labels: int, seed: int, runs_dir: Path, teacher: dict[str, float],
+                quiet: bool, sets: list[str] | None = None) -> dict:
+    from learner.diagnostics import reward_fit
+
+    name = f"{task}-l{labels}-s{seed}"
+    cfg = mujoco_config(MUJOCO[task], steps, labels, seed, runs_dir, name, teacher, sets)
+    rows, wall = _trainer_run(cfg, runs_dir / name, name, quiet)
+    keep = ("env_steps", "true_return", "labels", "time_s", "steps_per_s", "segment_corr",
+            "policy_corr", "step_corr", "predicted_return", "reward_val_accuracy")
+    fit = reward_fit(runs_dir / name, episodes=2)
+    return dict(task=task, arm=f"rlhp-{labels}", seed=seed, wall_s=wall, answers=answer_counts(runs_dir / name),
+                fit=fit, rows=[{k: r.get(k, math.nan) for k in keep} for r in rows])
+
+
+def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool) -> dict:
+    from learner.algo import build_ppo_config
+
+    cfg = mujoco_config(MUJOCO[task], steps, 4, seed, runs_dir, f"{task}-true-s{seed}", {})
+    rl = cfg.rl
+    learned = build_ppo_config(cfg.env.env_id, "127.0.0.1:1", algo=rl.algo, num_env_runners=rl.num_env_runners,
+                               num_envs_per_env_runner=rl.num_envs_per_env_runner, num_learners=rl.num_learners,
+                               env_opts=dict(cfg.env.env_opts), seed=seed, **dict(rl.overrides))
+    algo = true_reward_config(learned).build_algo()
+    rows: list[dict] = []
+    t0 = time.time()
+    total = 0
+    try:
+        while total < steps:
+            t = time.time()
+            result = algo.train()
+            n = int(result["env_runners"].get("num_env_steps_sampled", 0) or 0)
+            total += n
+            ret = float(result["env_runners"].get("episode_return_mean", math.nan))
+            rows.append(dict(env_steps=total, true_return=ret, labels=0, time_s=time.time() - t0,
+                             steps_per_s=n / max(time.time() - t, 1e-9)))
+            if not quiet and len(rows) % 10 == 0:
+                print(f"  [{task} true seed {seed}] {total:,} steps, true return {ret:.1f}", flush=True)
+    finally:
+        algo.stop()
+    return dict(task=task, arm="true", seed=seed, wall_s=time.time() - t0, rows=rows)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables and curves
+
+
+def final(rows: list[dict], frac: float = 0.1) -> float:
+    """Mean true return over the last `frac` of a run's iterations (at least one)."""
+    vals = [r["true_return"] for r in rows if not math.isnan(r["true_return"])]
+    if not vals:
+        return math.nan
+    k = max(1, int(len(vals) * frac))
+    return sum(vals[-k:]) / k
+
+
+def cartpole_table(runs: list[dict]) -> str:
+    lines = ["| seed | greedy true return (of 200) | pass (≥ 160) | labels | EQUAL | corr, policy segments | "
+             "corr, random segments | per-step corr | env steps | wall s |",
+             "|---:|---:|:-:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(runs, key=lambda r: r["seed"]):
+        f = r.get("fit") or {}
+        lines.append(
+            f"| {r['seed']} | {r['greedy_return']:.1f} | {'yes' if r['greedy_return'] >= CARTPOLE_PASS else 'NO'} | "
+            f"{r['labels']} | {r['answers'].get('equal', 0) / max(1, r['labels']):.0%} | "
+            f"{_num(f.get('policy_corr'))} | {_num(f.get('random_corr'))} | {_num(f.get('step_corr'))} | "
+            f"{r['env_steps']:,} | {r['wall_s']:.0f} |")
+    passed = sum(r["greedy_return"] >= CARTPOLE_PASS for r in runs)
+    lines += ["", f"**{passed} of {len(runs)} seeds pass** (greedy true return ≥ {CARTPOLE_PASS:.0f}/200); "
+              f"mean {sum(r['greedy_return'] for r in runs) / max(1, len(runs)):.1f}."]
+    return "\n".join(lines)
+
+
+def _num(v: Any, spec: str = ".2f") -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def _at(rows: list[dict], steps: float) -> float:
+    """The true return of a curve at `steps` (linear interpolation; NaN outside it)."""
+    import numpy as np
+
+    x = np.array([r["env_steps"] for r in rows], dtype=float)
+    y = np.array([r["true_return"] for r in rows], dtype=float)
+    ok = ~np.isnan(y)
+    if not ok.any() or steps > x[ok][-1] + 1e-9:
+        return math.nan
+    return float(np.interp(steps, x[ok], y[ok]))
+
+
+def mujoco_table(runs: list[dict]) -> str:
+    lines = ["| task | arm | seeds | env steps | final true return (mean, min–max) | % of true-reward PPO | "
+             "labels | corr, policy segments | wall s / run |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for task in sorted({r["task"] for r in runs}):
+        mine = [r for r in runs if r["task"] == task]
+        true = [r for r in mine if r["arm"] == "true"]
+        for arm in sorted({r["arm"] for r in mine}, key=lambda a: (a != "true", a)):
+            rr = [r for r in mine if r["arm"] == arm]
+            finals = [final(r["rows"]) for r in rr]
+            steps = min(r["rows"][-1]["env_steps"] for r in rr)
+            pct = "–"
+            if arm != "true" and true:
+                # the true arm's final-window mean at this arm's steps, seed by seed where both exist
+                ref = [_at(t["rows"], steps) for t in true]
+                ref = [v for v in ref if not math.isnan(v)]
+                if ref:
+                    pct = f"{100 * (sum(finals) / len(finals)) / (sum(ref) / len(ref)):.0f}%"
+            labels = "–" if arm == "true" else f"{sum(r['rows'][-1]['labels'] for r in rr) / len(rr):.0f}"
+            corr = [r.get("fit", {}).get("policy_corr") for r in rr if r.get("fit")]
+            corr = [c for c in corr if c is not None and not math.isnan(c)]
+            lines.append(f"| {task} | {arm} | {len(rr)} | {steps:,.0f} | {sum(finals) / len(finals):.1f} "
+                         f"({min(finals):.1f}–{max(finals):.1f}) | {pct} | {labels} | "
+                         f"{_num(sum(corr) / len(corr)) if corr else '–'} | "
+                         f"{sum(r['wall_s'] for r in rr) / len(rr):.0f} |")
+    return "\n".join(lines)
+
+
+def plot_task(task: str, runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    arms = sorted({r["arm"] for r in runs}, key=lambda a: (a != "true", a))
+    for arm in arms:
+        rr = [r["rows"] for r in runs if r["arm"] == arm and r["rows"]]
+        grid = np.linspace(0, min(r[-1]["env_steps"] for r in rr), 100)
+        ys = np.array([[_at(r, g) if g >= r[0]["env_steps"] else np.nan for g in grid] for r in rr])
+        label = "PPO, true reward" if arm == "true" else f"rlhp, {arm.split('-', 1)[1]} labels"
+        line, = ax.plot(grid, np.nanmean(ys, 0), label=f"{label} ({len(rr)} seeds)",
+                        color="black" if arm == "true" else None)
+        if len(rr) > 1:
+            ax.fill_between(grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("true episode return (training episodes)")
+    ax.set_title(f"{MUJOCO.get(task, task)}: learned reward vs true reward")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_doc(block: str, text: str) -> None:
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
+    body = DOC.read_text() if DOC.exists() else "# Label efficiency\n"
+    new = f"{begin}\n{text}\n{end}"
+    if begin in body and end in body:
+        body = body[:body.index(begin)] + new + body[body.index(end) + len(end):]
+    else:
+        body = body.rstrip() + "\n\n" + new + "\n"
+    DOC.write_text(body)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _teacher(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in ("beta", "mistake_prob", "equal_threshold", "skip_threshold", "gamma"):
+            raise SystemExit(f"--teacher {item!r}: one of beta, mistake_prob, equal_threshold, skip_threshold, gamma")
+        out[key] = float(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", "--tasks", dest="tasks", default="cartpole",
+                   help=f"comma-separated: cartpole, or MuJoCo tasks {', '.join(MUJOCO)} (default cartpole)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: 10 cartpole, 3 MuJoCo)")
+    p.add_argument("--seed0", type=int, default=1, help="first seed (default 1)")
+    p.add_argument("--labels", default="350,700,1400", help="label budgets of the rlhp arms (MuJoCo)")
+    p.add_argument("--steps", type=int, help="env steps per MuJoCo run (default per task, e.g. 1M Hopper)")
+    p.add_argument("--arms", default="true,rlhp", help="which MuJoCo arms: true, rlhp or both")
+    p.add_argument("--teacher", action="append", default=[], metavar="KEY=VALUE",
+                   help="synthetic teacher knob for the rlhp arms, e.g. beta=1 or mistake_prob=0.2")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="config override for the rlhp runs (as `rlhp train --set`), e.g. reward.use_actions=true")
+    p.add_argument("--teacher-name", default="", help="suffix for the arms of a non-default teacher")
+    p.add_argument("--out", default=str(ROOT / "docs" / "label_efficiency"), help="results folder")
+    p.add_argument("--runs-dir", help="run directories (default: a temporary folder)")
+    p.add_argument("--write-doc", action="store_true", help="update docs/label_efficiency.md")
+    p.add_argument("--quiet", action="store_true", help="no progress lines from the runs")
+    args = p.parse_args(argv)
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    tasks = [t.strip().lower() for t in args.tasks.split(",") if t.strip()]
+    for t in tasks:
+        if t != "cartpole" and t not in MUJOCO:
+            p.error(f"unknown task {t!r}; one of cartpole, {', '.join(MUJOCO)}")
+    teacher = _teacher(args.teacher)
+    suffix = f"-{args.teacher_name}" if args.teacher_name else ("-noisy" if teacher else "")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results: list[dict] = json.loads(results_path.read_text()) if results_path.exists() else []
+    runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="rlhp_label_eff_"))
+
+    def done(task: str, arm: str, seed: int) -> bool:
+        return any(r["task"] == task and r["arm"] == arm and r["seed"] == seed for r in results)
+
+    def save(run: dict) -> None:
+        results.append(run)
+        tmp = results_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results))
+        os.replace(tmp, results_path)
+
+    import ray
+
+    ray_init(2)
+    try:
+        for task in tasks:
+            seeds = range(args.seed0, args.seed0 + (args.seeds or (10 if task == "cartpole" else 3)))
+            if task == "cartpole":
+                for seed in seeds:
+                    if done(task, "rlhp", seed):
+                        continue
+                    run = cartpole_run(seed, runs_dir, args.quiet, args.set)
+                    save(run)
+                    print(f"cartpole seed {seed}: greedy true return {run['greedy_return']:.1f}, "
+                          f"{run['labels']} labels, {run['wall_s']:.0f} s", flush=True)
+                continue
+            steps = args.steps or DEFAULT_STEPS[task]
+            arms = [a.strip() for a in args.arms.split(",")]
+            for seed in seeds:
+                if "true" in arms and not done(task, "true", seed):
+                    save(mujoco_true(task, steps, seed, runs_dir, args.quiet))
+                    print(f"{task} true seed {seed}: final {final(results[-1]['rows']):.1f}", flush=True)
+                if "rlhp" not in arms:
+                    continue
+                for labels in [int(x) for x in args.labels.split(",")]:
+                    arm = f"rlhp-{labels}{suffix}"
+                    if done(task, arm, seed):
+                        continue
+                    run = mujoco_rlhp(task, steps, labels, seed, runs_dir, teacher, args.quiet, args.set)
+                    run["arm"] = arm
+                    save(run)
+                    print(f"{task} {arm} seed {seed}: final {final(run['rows']):.1f}", flush=True)
+    finally:
+        ray.shutdown()
+
+    cart = [r for r in results if r["task"] == "cartpole"]
+    if cart:
+        text = cartpole_table(cart)
+        print(text)
+        if args.write_doc:
+            write_doc("cartpole", text)
+    muj = [r for r in results if r["task"] != "cartpole"]
+    if muj:
+        for task in sorted({r["task"] for r in muj}):
+            plot_task(task, [r for r in muj if r["task"] == task], out / f"{task}.png")
+        text = mujoco_table(muj)
+        text += "\n\n" + "\n".join(f"![{t}]({os.path.relpath(out / f'{t}.png', DOC.parent)})"
+                                   for t in sorted({r["task"] for r in muj}))
+        print(text)
+        if args.write_doc:
+            write_doc("mujoco", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
