@@ -330,15 +330,23 @@ def make_env(env_id: str, **opts: Any) -> gym.Env:
     """Build `env_id` for the actors; the result always has `TrueRewardToInfo` outermost.
 
     Atari (`ALE/<Game>-v5`) options: see `make_atari`. MuJoCo (`Hopper-v5`, …) and other gymnasium
-    ids pass `opts` to `gym.make`. `rlhp/FixedCartPole-v0` takes `horizon`.
+    ids pass `opts` to `gym.make`. `rlhp/FixedCartPole-v0` takes `horizon`. ``goal``
+    (``package.module:function``, see `actors.goals`) replaces the true reward with a goal's.
     """
     register_rlhp_envs()
+    goal = opts.pop("goal", None)
     if is_atari(env_id):
-        return make_atari(env_id, **opts)
-    if is_mujoco(env_id):
-        return make_mujoco(env_id, **opts)
-    fps = opts.pop("fps", None)
-    return TrueRewardToInfo(gym.make(env_id, **opts), fps=fps)
+        env = make_atari(env_id, **opts)
+    elif is_mujoco(env_id):
+        env = make_mujoco(env_id, **opts)
+    else:
+        fps = opts.pop("fps", None)
+        env = TrueRewardToInfo(gym.make(env_id, **opts), fps=fps)
+    if goal:  # the goal becomes "the true reward" (actors.goals), still outside the policy's view
+        from actors.goals import GoalReward
+
+        env = TrueRewardToInfo(GoalReward(env.env, goal), fps=env.fps)
+    return env
 
 
 def default_segment_length(env_id: str, seconds: float = 1.5) -> int:

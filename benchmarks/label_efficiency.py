@@ -138,7 +138,7 @@ def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool) -
     rl = cfg.rl
     learned = build_ppo_config(cfg.env.env_id, "127.0.0.1:1", algo=rl.algo, num_env_runners=rl.num_env_runners,
                                num_envs_per_env_runner=rl.num_envs_per_env_runner, num_learners=rl.num_learners,
-                               env_opts=dict(cfg.env.env_opts), seed=seed, **dict(rl.overrides))
+                               env_opts=cfg.env_options, seed=seed, **dict(rl.overrides))
     algo = true_reward_config(learned).build_algo()
     rows: list[dict] = []
     t0 = time.time()

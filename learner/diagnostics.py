@@ -88,7 +88,7 @@ def reward_fit(run_dir: str | Path, episodes: int = 4, seed: int = 777) -> dict[
     model = RewardModel.load(str(run_dir / "reward" / "reward_model.pt"))
     module = load_module(run_dir)
     length = cfg.env.segment_length or default_segment_length(cfg.env.env_id)
-    env = make_env(cfg.env.env_id, **dict(cfg.env.env_opts))
+    env = make_env(cfg.env.env_id, **cfg.env_options)
     env.action_space.seed(seed)
     out: dict[str, float] = {}
     try:

@@ -40,24 +40,37 @@ def greedy_action(module, obs: np.ndarray, action_space):
     return np.clip(mean, action_space.low, action_space.high).astype(action_space.dtype)
 
 
+def goal_measure(cfg):
+    """The `measure` of the experiment's goal (`actors.goals`), or None."""
+    if not cfg.teacher.goal:
+        return None
+    from actors.goals import load_goal
+
+    return getattr(load_goal(cfg.teacher.goal), "measure", None)
+
+
 def evaluate(run_dir: str | Path, episodes: int = 5, video: str | None = None, seed: int = 12345,
-             max_steps: int = 100_000) -> list[float]:
+             max_steps: int = 100_000, measures: list[dict] | None = None) -> list[float]:
+    """True returns of `episodes` greedy episodes (the goal's, when the run has `teacher.goal`);
+    with a goal that has a measure, its per-episode values are appended to `measures`."""
     from actors.envs import make_env
     from learner import experiment
 
     run_dir = Path(run_dir)
     cfg = experiment.load(str(run_dir / "config.yaml"))
     module = load_module(run_dir)
-    opts = dict(cfg.env.env_opts)
+    opts = cfg.env_options
     atari = cfg.env.env_id.startswith("ALE/")
     if video and not atari:
         opts["render_mode"] = "rgb_array"
     env = make_env(cfg.env.env_id, **opts)
+    measure = goal_measure(cfg)
     returns, frames = [], []
     try:
         for ep in range(episodes):
             obs, info = env.reset(seed=seed + ep)
             total, done, steps = 0.0, False, 0
+            qpos = [info["qpos"]] if "qpos" in info else []
             while not done and steps < max_steps:
                 if video and ep == 0:
                     frame = info.get("rgb") if atari else env.render()
@@ -65,9 +78,17 @@ def evaluate(run_dir: str | Path, episodes: int = 5, video: str | None = None, s
                         frames.append(np.asarray(frame))
                 obs, _, term, trunc, info = env.step(greedy_action(module, obs, env.action_space))
                 total += float(info.get("true_reward", 0.0))
+                if qpos and "qpos" in info:
+                    qpos.append(info["qpos"])
                 done, steps = term or trunc, steps + 1
             returns.append(total)
-            print(f"episode {ep + 1}/{episodes}: true return {total:.1f} ({steps} steps)", flush=True)
+            extra = ""
+            if measure is not None and qpos:
+                m = measure(np.asarray(qpos))
+                extra = ", " + ", ".join(f"{k} {v:g}" for k, v in m.items())
+                if measures is not None:
+                    measures.append(m)
+            print(f"episode {ep + 1}/{episodes}: true return {total:.1f} ({steps} steps){extra}", flush=True)
     finally:
         env.close()
     if video and frames:
@@ -103,8 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.run_dir) / "config.yaml").exists():
         print(f"rlhp evaluate: {args.run_dir} is not a run directory (no config.yaml)", file=sys.stderr)
         return 2
+    measures: list[dict] = []
     try:
-        returns = evaluate(args.run_dir, args.episodes, args.video, args.seed)
+        returns = evaluate(args.run_dir, args.episodes, args.video, args.seed, measures=measures)
     except ImportError as e:  # gymnasium's DependencyNotInstalled (pygame for classic control)
         print(f"rlhp evaluate: cannot render this env for --video: {e}", file=sys.stderr)
         return 2
@@ -113,4 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"true return over {len(returns)} episodes: mean {np.mean(returns):.2f}, "
           f"std {np.std(returns):.2f}, min {np.min(returns):.1f}, max {np.max(returns):.1f}")
+    for key in (measures[0] if measures else {}):
+        vals = [m[key] for m in measures]
+        print(f"{key} per episode: mean {np.mean(vals):.2f}, min {np.min(vals):g}, max {np.max(vals):g}")
     return 0

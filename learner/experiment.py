@@ -56,6 +56,10 @@ class TeacherConfig:
     """Myopic discount: later steps weigh more (γ < 1)."""
     labelers: int = 1
     """Synthetic labelers answering in parallel."""
+    goal: str = ""
+    """Judge by this goal instead of the env reward: ``package.module:function`` (per-step
+    ``goal(obs, action, next_obs, info)``, see `actors.goals`; e.g. ``actors.goals:hopper_backflip``).
+    It becomes the "true reward" of the teacher, `rlhp evaluate` and the metrics."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,14 @@ class ExperimentConfig:
     @property
     def experiment(self) -> str:
         return self.run.name or default_name(self.env.env_id)
+
+    @property
+    def env_options(self) -> dict:
+        """Keyword options of `actors.envs.make_env` for this experiment (env options + goal)."""
+        opts = dict(self.env.env_opts)
+        if self.teacher.goal:
+            opts["goal"] = self.teacher.goal
+        return opts
 
 
 def default_name(env_id: str) -> str:

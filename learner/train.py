@@ -182,7 +182,7 @@ class Trainer:
         from actors.envs import make_env
         from rlhp.wire import Space
 
-        env = make_env(self.cfg.env.env_id, **dict(self.cfg.env.env_opts))
+        env = make_env(self.cfg.env.env_id, **self.cfg.env_options)
         try:
             return Space.from_gym(env.observation_space, env.action_space)
         finally:
@@ -258,7 +258,7 @@ class Trainer:
         q = self.cfg.query
         want = self.cfg.run.initial_segments or max(20, 2 * q.initial)
         length = self.cfg.env.segment_length or default_segment_length(self.cfg.env.env_id)
-        env = make_env(self.cfg.env.env_id, **dict(self.cfg.env.env_opts))
+        env = make_env(self.cfg.env.env_id, **self.cfg.env_options)
         space = env.action_space
         low = getattr(space, "low", None)
         high = getattr(space, "high", None)
@@ -373,7 +373,7 @@ class Trainer:
         config = build_ppo_config(
             self.cfg.env.env_id, self.reward_address, algo=rl.algo,
             num_env_runners=rl.num_env_runners, num_envs_per_env_runner=rl.num_envs_per_env_runner,
-            num_learners=rl.num_learners, env_opts=dict(self.cfg.env.env_opts),
+            num_learners=rl.num_learners, env_opts=self.cfg.env_options,
             experiment=self.experiment, segment_length=self.cfg.env.segment_length or None,
             segment_fraction=self.cfg.env.segment_fraction, query_address=self.query_address,
             query_token=self.producer_token, seed=self.cfg.run.seed,

@@ -1,0 +1,85 @@
+"""Goals that are not the environment's reward: what the synthetic teacher judges by.
+
+The paper's point is that the goal need not be the env reward (a Hopper backflip; Enduro "keep even
+with other cars"). A **goal** is a per-step function ``goal(obs, action, next_obs, info) -> float``
+named by an import path (``package.module:function``, config ``teacher.goal``). `GoalReward`
+replaces the env reward with it *below* `actors.envs.TrueRewardToInfo`, so everything that reads
+"the true reward" — the synthetic teacher, `rlhp evaluate`, the training metrics — reads the goal,
+and the policy still sees neither (it learns only from the preferences). ``info`` holds the MuJoCo
+physics state after the step (``qpos``, ``qvel``) for MuJoCo envs.
+
+A goal may carry a ``measure(qpos: np.ndarray [T+1, nq]) -> dict[str, float]``: what `rlhp
+evaluate` reports per episode (e.g. full backward rotations for the backflip).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+Goal = Callable[[Any, Any, Any, dict], float]
+
+
+def load_goal(path: str) -> Goal:
+    """``"package.module:function"`` → the function; a clear error for anything else."""
+    module, sep, name = str(path).partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"goal {path!r}: give it as package.module:function")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"goal {path!r}: {e}") from None
+    if not callable(fn):
+        raise ValueError(f"goal {path!r} is not a function")
+    return fn
+
+
+class GoalReward(gym.Wrapper):
+    """The env's reward replaced by ``goal(obs, action, next_obs, info)``; the env's own reward
+    stays in ``info["env_reward"]``."""
+
+    def __init__(self, env: gym.Env, goal: Goal | str):
+        super().__init__(env)
+        self.goal = load_goal(goal) if isinstance(goal, str) else goal
+        self._obs: Any = None
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self._obs = obs
+        return obs, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info = dict(info)
+        info["env_reward"] = float(reward)
+        goal_reward = float(self.goal(self._obs, action, obs, info))
+        self._obs = obs
+        return obs, goal_reward, terminated, truncated, info
+
+
+# --------------------------------------------------------------------------------------------
+# Hopper backflip
+
+
+def hopper_backflip(obs: Any, action: Any, next_obs: Any, info: dict) -> float:
+    """Rotate the torso backwards: the backward angular velocity of Hopper's torso (rad/s, −qvel[2];
+    +qvel[2] tips the torso forward, towards +x), plus a small bonus for height so that flips in
+    the air beat rolling on the floor (qpos[1] is the torso's height, 1.25 standing)."""
+    qpos, qvel = info["qpos"], info["qvel"]
+    return float(-qvel[2] + 0.5 * max(0.0, float(qpos[1]) - 0.7))
+
+
+def backflips(qpos: np.ndarray) -> dict[str, float]:
+    """Full backward rotations of Hopper's torso in an episode: the unwrapped torso angle qpos[2]
+    (a hinge, so it is not wrapped) falls by 2π per backflip."""
+    angle = np.asarray(qpos, dtype=np.float64)[:, 2]
+    turned = float(angle[0] - angle.min()) if len(angle) else 0.0
+    return {"backflips": float(math.floor(max(0.0, turned) / (2 * math.pi))),
+            "backward_rotation_rad": turned}
+
+
+hopper_backflip.measure = backflips  # type: ignore[attr-defined]
