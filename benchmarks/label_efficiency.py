@@ -3,7 +3,7 @@
     python benchmarks/label_efficiency.py --task cartpole --seeds 10           # the reliability sweep (~20 min)
     python benchmarks/label_efficiency.py --tasks hopper,halfcheetah,reacher   # the paper's MuJoCo table (hours)
     python benchmarks/label_efficiency.py --tasks hopper --labels 700 --seeds 1 --steps 200000
-    python benchmarks/label_efficiency.py --tasks hopper --labels 700 --teacher beta=1 --teacher-name beta1
+    python benchmarks/label_efficiency.py --tasks hopper --labels 700 --teacher beta=1 --name beta1
     python benchmarks/label_efficiency.py --tasks hopper --write-doc           # also update docs/label_efficiency.md
 
 Not run in CI (CI keeps one seed of the CartPole sweep: `tests/learner/test_train.py`).
@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="synthetic teacher knob for the rlhp arms, e.g. beta=1 or mistake_prob=0.2")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="config override for the rlhp runs (as `rlhp train --set`), e.g. reward.use_actions=true")
-    p.add_argument("--teacher-name", default="", help="suffix for the arms of a non-default teacher")
+    p.add_argument("--name", default="", help="suffix for this invocation's rlhp arms (a non-default teacher "
+                                             "or --set), e.g. beta1 → arm rlhp-700-beta1")
     p.add_argument("--out", default=str(ROOT / "docs" / "label_efficiency"), help="results folder")
     p.add_argument("--runs-dir", help="run directories (default: a temporary folder)")
     p.add_argument("--write-doc", action="store_true", help="update docs/label_efficiency.md")
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         if t != "cartpole" and t not in MUJOCO:
             p.error(f"unknown task {t!r}; one of cartpole, {', '.join(MUJOCO)}")
     teacher = _teacher(args.teacher)
-    suffix = f"-{args.teacher_name}" if args.teacher_name else ("-noisy" if teacher else "")
+    suffix = f"-{args.name}" if args.name else ("-noisy" if teacher else "-custom" if args.set else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
