@@ -32,7 +32,10 @@ def greedy_action(module, obs: np.ndarray, action_space):
     from ray.rllib.core.columns import Columns
 
     with torch.inference_mode():
-        out = module.forward_inference({Columns.OBS: torch.as_tensor(obs[None])})
+        x = np.asarray(obs)
+        if x.dtype == np.float64:  # MuJoCo observations are float64; the module's weights float32
+            x = x.astype(np.float32)
+        out = module.forward_inference({Columns.OBS: torch.as_tensor(x[None])})
     logits = out[Columns.ACTION_DIST_INPUTS][0].cpu().numpy()
     if hasattr(action_space, "n"):
         return int(np.argmax(logits))
