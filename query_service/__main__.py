@@ -19,6 +19,7 @@ import threading
 from pathlib import Path
 
 from .config import QueryConfig
+from .tokens import kept_token
 
 log = logging.getLogger("rlhp.query")
 
@@ -72,22 +73,9 @@ def make_config(args: argparse.Namespace) -> QueryConfig:
 
 
 def producer_token(core, run_dir: Path) -> str:
-    """The actors' token: read from `<run_dir>/producer.token`, created (mode 0600) when missing or stale."""
-    path = run_dir / PRODUCER_TOKEN_FILE
-    if path.exists():
-        token = path.read_text().strip()
-        try:
-            core.authenticate(token, ("producer",))
-            return token
-        except Exception:  # noqa: BLE001 — revoked or from another database: make a new one
-            pass
-    token = core.create_token("producer", "producer")
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
-    return token
+    """The actors' token: read from `<run_dir>/producer.token`, created (mode 0600) when missing or
+    stale — under a free name, so a stale file never invalidates a token someone else holds."""
+    return kept_token(core, run_dir / PRODUCER_TOKEN_FILE, "producer", "producer")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ import numpy as np
 from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, Preference, Unauthenticated
 
 from .config import QueryConfig
-from .store import ROLES, Store
+from .store import ROLES, Store, TokenExists
 from .types import (AddSegmentsResult, ExperimentStats, LabelerStats, Lease, Progress, QueryData,
                     QueryStats, SegmentRecord, SubmitResult)
 
@@ -145,14 +145,6 @@ class QueryService:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def set_reward(self, reward: Any) -> None:
-        """Swap the reward backend (e.g. after the reward service moved); forwarding resumes."""
-        self.reward = reward
-        self._warned_fallback = False
-        self._forward_backoff.clear()
-        self._wake_forward.set()
-        self._wake_select.set()
-
     # ------------------------------------------------------------------------------ routing
     def reward_address(self, experiment: str) -> str:
         """The reward service address `experiment` reported ("" when none: the default backend)."""
@@ -187,11 +179,17 @@ class QueryService:
                 pass
 
     # ------------------------------------------------------------------------------ tokens
-    def create_token(self, name: str, role: str = "labeler", experiments: Sequence[str] | str = ()) -> str:
-        """Create (or replace) `name`'s token; the plain token is returned once, only its hash is kept."""
+    def create_token(self, name: str, role: str = "labeler", experiments: Sequence[str] | str = (),
+                     replace: bool = False) -> str:
+        """Create `name`'s token; the plain token is returned once, only its hash is kept.
+
+        FailedPrecondition when `name` already has one (never replaced silently; `replace=True`
+        rotates it on purpose)."""
         try:
             return self.store.create_token(name, role, experiments if isinstance(experiments, str)
-                                           else list(experiments), now=self.clock())
+                                           else list(experiments), now=self.clock(), replace=replace)
+        except TokenExists as e:
+            raise FailedPrecondition(str(e)) from None
         except ValueError as e:
             raise InvalidRequest(str(e)) from None
 
@@ -851,6 +849,16 @@ class QueryService:
                     raise FailedPrecondition(f"clip rendering is not available on this server ({e})") from None
                 self._renderer = ClipRenderer(self.run_dir / "clips")
             return self._renderer
+
+    # ------------------------------------------------------------------------------ segments (in-process readers)
+    def recent_segment_ids(self, experiment: str, n: int = 100, policy_only: bool = False) -> list[str]:
+        """Ids of the `n` newest segments of `experiment`, newest first (the policy's own only with
+        `policy_only`). In-process only (the learner's metrics); not part of the gRPC API."""
+        return self.store.recent_segment_ids(experiment, n, policy_only)
+
+    def load_segments(self, experiment: str, ids: Sequence[str]) -> dict[str, SegmentRecord]:
+        """The stored segments of `experiment` among `ids` (without frames/qpos/qvel), by id."""
+        return self.store.load_segments(experiment, list(ids))
 
     # ------------------------------------------------------------------------------ stats
     def stats(self) -> QueryStats:

@@ -31,6 +31,10 @@ from .types import SegmentRecord
 DB_NAME = "labels.sqlite"
 ROLES = ("labeler", "teacher", "producer", "admin")
 
+
+class TokenExists(ValueError):
+    """A labeler of that name already has a token (replacing it needs `replace=True`)."""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS segments (
@@ -168,7 +172,6 @@ class Store:
             c.execute("PRAGMA journal_mode=WAL")
             c.execute("PRAGMA synchronous=FULL")
             c.execute("PRAGMA busy_timeout=30000")
-            c.execute("PRAGMA foreign_keys=ON")
             self._local.conn = c
             with self._conns_lock:
                 self._conns.append(c)
@@ -213,8 +216,13 @@ class Store:
         return hashlib.sha256(f"{self._salt}:{token}".encode()).hexdigest()
 
     def create_token(self, name: str, role: str, experiments: str | list[str] | tuple[str, ...] = "",
-                     now: float = 0.0) -> str:
-        """Create (or replace) the token of `name`; returns the plain token (stored only hashed)."""
+                     now: float = 0.0, replace: bool = False) -> str:
+        """Create the token of `name`; returns the plain token (stored only hashed).
+
+        A name that already has a token raises `TokenExists`: creating a token never silently
+        invalidates another. `replace=True` gives `name` a new token (the old one stops working;
+        a revoked name becomes active again) — an explicit rotation, e.g. `rlhp token create --replace`.
+        """
         if not name or not name.strip() or len(name) > 100:
             raise ValueError("a labeler name must be 1–100 characters")
         if role not in ROLES:
@@ -223,6 +231,9 @@ class Store:
         exps = ",".join(e.strip() for e in exps.split(",") if e.strip())
         token = secrets.token_urlsafe(24)
         with self.write() as c:
+            if not replace and c.execute("SELECT 1 FROM labelers WHERE name=?", (name.strip(),)).fetchone():
+                raise TokenExists(f"a labeler named {name.strip()!r} already has a token (revoke it, pick "
+                                  "another name, or replace it on purpose)")
             c.execute(
                 "INSERT INTO labelers (name, token_hash, role, experiments, revoked, created) "
                 "VALUES (?, ?, ?, ?, 0, ?) ON CONFLICT (name) DO UPDATE SET token_hash=excluded.token_hash, "
@@ -277,6 +288,12 @@ class Store:
                                  (experiment, *chunk)):
                 out[row["id"]] = self.record_from_row(row, media=media)
         return out
+
+    def recent_segment_ids(self, experiment: str, n: int, policy_only: bool = False) -> list[str]:
+        """Ids of the `n` newest segments of `experiment` (only the policy's own with `policy_only`)."""
+        where = " AND random_policy=0" if policy_only else ""
+        return [r[0] for r in self.conn().execute(
+            f"SELECT id FROM segments WHERE experiment=?{where} ORDER BY seq DESC LIMIT ?", (experiment, int(n)))]
 
     def load_rewards(self, experiment: str, ids: list[str]) -> dict[str, np.ndarray]:
         """True rewards of the given segments (only that array is decompressed)."""
