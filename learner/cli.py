@@ -7,7 +7,7 @@ import importlib
 import sys
 
 COMMANDS = {
-    "train": ("learner.train", "train an agent from preferences only (services, teacher, RLlib)"),
+    "train": ("learner.train_cli", "train an agent from preferences only (services, teacher, RLlib)"),
     "evaluate": ("learner.evaluate", "report the true return of a saved policy, optionally with a video"),
     "plot": ("learner.plot", "draw learning curves of a run directory (PNG)"),
     "status": ("learner.status", "print the live table of a run's (or a cluster's) experiments"),
