@@ -678,6 +678,12 @@ class RewardModel:
     def _empty_round_stats() -> dict[str, Any]:
         return {k: [] for k in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "l2")}
 
+    def seen_comparison_ids(self) -> frozenset[str]:
+        """Ids of the comparisons this model has received (the newest `seen_ids_capacity`: the window
+        in which a comparison sent again counts as a duplicate). In-process only (tests, diagnostics)."""
+        with self._add_lock:  # the writer's lock: no comparison is being added meanwhile
+            return frozenset(self._seen)
+
     def stats(self) -> RewardStats:
         with self._lock:
             snap = self._snapshot

@@ -43,7 +43,7 @@ def reward_service(exp: str):
 
 
 def seen(model: RewardModel) -> set[str]:
-    return set(model._seen)  # comparison (= query) ids the model has received
+    return set(model.seen_comparison_ids())  # comparison (= query) ids the model has received
 
 
 class World:
