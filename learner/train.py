@@ -1,6 +1,6 @@
 """`Trainer`: one run of `rlhp train` (its command line is `learner/train_cli.py`).
 
-It runs the whole loop of DESIGN.md §1 on one machine: a local Ray cluster, the reward
+It runs the whole loop of `docs/architecture.md` on one machine: a local Ray cluster, the reward
 service and the query service on loopback ports (SQLite under `runs/<name>/`), the synthetic teacher
 (or humans through `rlhp label`), and RLlib PPO whose rewards are replaced by the learned reward.
 

@@ -15,7 +15,7 @@ the address is kept in the database (`meta`, key `reward_address:<experiment>`),
 (disagreement) and forwarding of that experiment go to it. Experiments without an address use the
 `reward` backend given here (None: their labels wait, unforwarded, until an address is known).
 
-Rules (DESIGN.md §3): a label is committed (SQLite WAL, synchronous=FULL, one transaction) before
+Rules (`docs/architecture.md`, contracts): a label is committed (SQLite WAL, synchronous=FULL, one transaction) before
 `submit` returns; submitting is idempotent per query; an expired lease returns the query to the
 queue; a late answer is still accepted when nobody else answered first; every request is validated.
 """

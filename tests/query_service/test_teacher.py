@@ -47,6 +47,12 @@ def test_mistakes_skip_equal_and_myopia():
     assert t.answer([1.0, 0.3], [1.0, 0.0]) == EQ  # |ΔR| = 0.3 < 0.5
     assert t.answer([1.0, 1.0], [0.1, 0.0]) == L
     assert SyntheticTeacher().answer([1.0], [1.0]) == EQ  # exact tie
+    # negative thresholds work (rewards may be negative); the default -inf never skips
+    assert SyntheticTeacher(skip_threshold=-1.0).answer([-2.0, -1.0], [-1.5, -0.6]) == INC
+    assert SyntheticTeacher(skip_threshold=-1.0).answer([-0.5, 0.0], [-1.5, -0.6]) == L
+    assert SyntheticTeacher().answer([-50.0], [-60.0]) == L
+    with pytest.raises(ValueError):
+        SyntheticTeacher(skip_threshold=math.nan)
     # myopic: later steps weigh more. Left earns early, right late, same sum.
     early, late = [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]
     assert SyntheticTeacher(gamma=0.5).answer(early, late) == R
