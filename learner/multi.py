@@ -268,9 +268,11 @@ class MultiRunner:
             return {n: self.query_token for n in names}
         from query_service.core import QueryService
         from query_service.server import serve
+        from reward_service.client import RewardClient
 
         # The default config of the service; each game's learner reports its own label budget.
-        self.qcore = QueryService(self.group_dir, self.first.query, reward=None, seed=self.first.run.seed)
+        self.qcore = QueryService(self.group_dir, self.first.query, reward=None, seed=self.first.run.seed,
+                                  reward_factory=RewardClient)
         self.qcore.start()
         self.query_server = serve(self.qcore, host=self._host(), port=self.first.run.query_port)
         self.query_address = self.query_server.address

@@ -122,7 +122,8 @@ class Trainer:
         else:
             reward_backend = RewardClient(self.reward_address)
         if self.query_address is None:
-            self.qcore = QueryService(self.run_dir, self.cfg.query, reward=reward_backend)
+            self.qcore = QueryService(self.run_dir, self.cfg.query, reward=reward_backend,
+                                      reward_factory=RewardClient)
             self.qcore.start()
             self.query_server = serve_query(self.qcore, host=host, port=run.query_port)
             self.query_address = self.query_server.address

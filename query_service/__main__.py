@@ -89,15 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"rlhp query-service: {e}", file=sys.stderr)
         return 2
+    from reward_service.client import RewardClient
+
     from .core import QueryService
     from .server import serve
 
     run_dir = Path(args.run_dir)
-    reward = None
-    if args.reward_address:
-        from reward_service.client import RewardClient
-        reward = RewardClient(args.reward_address)
-    core = QueryService(run_dir, config, reward=reward)
+    reward = RewardClient(args.reward_address) if args.reward_address else None
+    core = QueryService(run_dir, config, reward=reward, reward_factory=RewardClient)
     producer_token(core, run_dir)
     try:
         server = serve(core, args.host, args.port, (args.tls_cert, args.tls_key) if args.tls_cert else None)

@@ -3,7 +3,8 @@
 Free of gRPC and Ray: `server.py` decodes requests, calls these methods and maps the exceptions of
 `rlhp.wire` to status codes; `client.py` offers the same methods (minus the token) over gRPC.
 
-    svc = QueryService(run_dir, QueryConfig.mujoco(), reward=RewardClient("127.0.0.1:50051"))
+    svc = QueryService(run_dir, QueryConfig.mujoco(), reward=RewardClient("127.0.0.1:50051"),
+                       reward_factory=RewardClient)   # how to reach a reward service by address
     token = svc.create_token("alice", "labeler")
     svc.start()                       # selection + lease sweeping + forwarding threads
     lease = svc.lease(token)          # a query, or `waiting_for` in words
@@ -12,11 +13,14 @@ Free of gRPC and Ray: `server.py` decodes requests, calls these methods and maps
 Many experiments (one per game) may share one service, each with its own reward model: a learner
 reports its reward service's address with its progress (`report_progress(..., reward_address=...)`);
 the address is kept in the database (`meta`, key `reward_address:<experiment>`), and selection
-(disagreement) and forwarding of that experiment go to it. Experiments without an address use the
-`reward` backend given here (None: their labels wait, unforwarded, until an address is known).
+(disagreement) and forwarding of that experiment go to it, through the backend that
+`reward_factory(address)` makes (a `RewardBackend`; `reward_service.client.RewardClient` in the
+servers — the core itself builds no gRPC client; without a factory, addresses are refused).
+Experiments without an address use the `reward` backend given here (None: their labels wait,
+unforwarded, until an address is known).
 
-Rules (`docs/architecture.md`, contracts): a label is committed (SQLite WAL, synchronous=FULL, one transaction) before
-`submit` returns; submitting is idempotent per query; an expired lease returns the query to the
+Rules (`docs/architecture.md`, contracts): a label is committed (SQLite WAL, synchronous=FULL, one
+transaction) before `submit` returns; submitting is idempotent per query; an expired lease returns the query to the
 queue; a late answer is still accepted when nobody else answered first; every request is validated.
 """
 
@@ -35,6 +39,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, Preference, Unauthenticated
+
+from reward_service.types import RewardBackend
 
 from .config import QueryConfig
 from .store import ROLES, Store, TokenExists
@@ -66,18 +72,22 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word[:-1] + 'ies' if word.endswith('y') else word + 's'}"
 
 
+RewardFactory = Callable[[str], RewardBackend]
+"""address (HOST:PORT) -> the reward backend of the experiments routed there."""
+
+
 class QueryService:
     """See the module docstring. Thread-safe; state lives in `<run_dir>/labels.sqlite`."""
 
-    def __init__(self, run_dir: str | Path, config: QueryConfig | None = None, reward: Any = None,
-                 clock: Callable[[], float] = time.time, seed: int | None = None,
-                 reward_factory: Callable[[str], Any] | None = None) -> None:
+    def __init__(self, run_dir: str | Path, config: QueryConfig | None = None,
+                 reward: RewardBackend | None = None, clock: Callable[[], float] = time.time,
+                 seed: int | None = None, reward_factory: RewardFactory | None = None) -> None:
         self.config = config or QueryConfig()
         self.run_dir = Path(run_dir)
         self.store = Store(self.run_dir)
         self.reward = reward  # default backend: experiments that reported no reward address
-        # address -> backend (default: a `reward_service.client.RewardClient`, created on first use)
-        self._reward_factory = reward_factory or _reward_client
+        # address -> backend, made by `reward_factory` on first use (None: addresses are refused)
+        self._reward_factory = reward_factory
         self._routes_lock = threading.Lock()
         with self.store.read() as c:
             self._routes: dict[str, str] = {r[0][len(ROUTE_KEY):]: r[1] for r in c.execute(
@@ -163,6 +173,8 @@ class QueryService:
                 return "", self.reward
             backend = self._backends.get(address)
             if backend is None:
+                if self._reward_factory is None:  # routed by an earlier service of this database
+                    return address, None
                 backend = self._backends[address] = self._reward_factory(address)
             return address, backend
 
@@ -376,6 +388,9 @@ class QueryService:
             raise InvalidRequest(f"label_budget must lie in [0, {MAX_LABEL_BUDGET:,}] (0: the service's "
                                  f"default), got {budget}")
         address = self._address(reward_address)
+        if address and self._reward_factory is None:
+            raise FailedPrecondition("this query service cannot reach reward services by address (it was "
+                                     "started without a reward_factory); its own reward model is used")
         env_id = self._text(env_id, "env_id")
         with self.store.write() as c:
             c.execute("INSERT INTO progress (experiment, env_id, env_steps, label_budget, updated) "
@@ -994,12 +1009,5 @@ class QueryService:
             self._wake_forward.clear()
 
 
-def _reward_client(address: str) -> Any:
-    """The default backend of a routed experiment: its reward service over gRPC (imported here so
-    the core itself stays free of gRPC)."""
-    from reward_service.client import RewardClient
 
-    return RewardClient(address)
-
-
-__all__ = ["QueryService", "Caller", "ROLES"]
+__all__ = ["QueryService", "Caller", "ROLES", "RewardFactory"]
