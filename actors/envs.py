@@ -350,7 +350,9 @@ def make_env(env_id: str, **opts: Any) -> gym.Env:
 
 
 def default_segment_length(env_id: str, seconds: float = 1.5) -> int:
-    """Paper: 25 steps on Atari; ~1.5 s of simulated time on MuJoCo, kept within 15–60 steps.
+    """Paper: 25 steps on Atari; ~1.5 s of simulated time on MuJoCo, kept within 15–60 steps and
+    within the env's episode length (Reacher's episodes are 50 steps: a longer window would never
+    fit, and segments never span two episodes).
 
     Other envs: 25 steps.
     """
@@ -366,8 +368,17 @@ def default_segment_length(env_id: str, seconds: float = 1.5) -> int:
                 fps = env.fps  # type: ignore[attr-defined]
             finally:
                 env.close()
-        return int(min(60, max(15, round(seconds * fps))))
+        length = int(min(60, max(15, round(seconds * fps))))
+        horizon = _max_episode_steps(env_id)
+        return min(length, horizon) if horizon else length
     return 25
+
+
+def _max_episode_steps(env_id: str) -> int | None:
+    try:
+        return gym.spec(env_id).max_episode_steps
+    except gym.error.Error:
+        return None
 
 
 def rllib_env_creator(env_config: dict) -> gym.Env:

@@ -118,23 +118,23 @@ def mujoco_config(env_id: str, steps: int, labels: int, seed: int, runs_dir: Pat
 
 
 def mujoco_rlhp(task: str, steps: int, labels: int, seed: int, runs_dir: Path, teacher: dict[str, float],
-                quiet: bool, sets: list[str] | None = None) -> dict:
+                quiet: bool, sets: list[str] | None = None, suffix: str = "") -> dict:
     from learner.diagnostics import reward_fit
 
-    name = f"{task}-l{labels}-s{seed}"
+    name = f"{task}-l{labels}{suffix}-n{steps}-s{seed}"
     cfg = mujoco_config(MUJOCO[task], steps, labels, seed, runs_dir, name, teacher, sets)
     rows, wall = _trainer_run(cfg, runs_dir / name, name, quiet)
     keep = ("env_steps", "true_return", "labels", "time_s", "steps_per_s", "segment_corr",
             "policy_corr", "step_corr", "predicted_return", "reward_val_accuracy")
     fit = reward_fit(runs_dir / name, episodes=2)
-    return dict(task=task, arm=f"rlhp-{labels}", seed=seed, wall_s=wall, answers=answer_counts(runs_dir / name),
+    return dict(task=task, arm=f"rlhp-{labels}{suffix}", seed=seed, steps=steps, wall_s=wall, answers=answer_counts(runs_dir / name),
                 fit=fit, rows=[{k: r.get(k, math.nan) for k in keep} for r in rows])
 
 
 def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool) -> dict:
     from learner.algo import build_ppo_config
 
-    cfg = mujoco_config(MUJOCO[task], steps, 4, seed, runs_dir, f"{task}-true-s{seed}", {})
+    cfg = mujoco_config(MUJOCO[task], steps, 4, seed, runs_dir, f"{task}-true-n{steps}-s{seed}", {})
     rl = cfg.rl
     learned = build_ppo_config(cfg.env.env_id, "127.0.0.1:1", algo=rl.algo, num_env_runners=rl.num_env_runners,
                                num_envs_per_env_runner=rl.num_envs_per_env_runner, num_learners=rl.num_learners,
@@ -156,7 +156,7 @@ def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool) -
                 print(f"  [{task} true seed {seed}] {total:,} steps, true return {ret:.1f}", flush=True)
     finally:
         algo.stop()
-    return dict(task=task, arm="true", seed=seed, wall_s=time.time() - t0, rows=rows)
+    return dict(task=task, arm="true", seed=seed, steps=steps, wall_s=time.time() - t0, rows=rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,23 +205,33 @@ def _at(rows: list[dict], steps: float) -> float:
     return float(np.interp(steps, x[ok], y[ok]))
 
 
+def _budget(run: dict) -> int:
+    """A run's env-step budget (older results without one: its last row's steps)."""
+    return int(run.get("steps") or (run["rows"][-1]["env_steps"] if run["rows"] else 0))
+
+
 def mujoco_table(runs: list[dict]) -> str:
     lines = ["| task | arm | seeds | env steps | final true return (mean, min–max) | % of true-reward PPO | "
              "labels | corr, policy segments | wall s / run |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    pcts: dict[str, dict[str, float]] = {}  # arm -> task -> % of true-reward PPO
     for task in sorted({r["task"] for r in runs}):
         mine = [r for r in runs if r["task"] == task]
-        true = [r for r in mine if r["arm"] == "true"]
-        for arm in sorted({r["arm"] for r in mine}, key=lambda a: (a != "true", a)):
-            rr = [r for r in mine if r["arm"] == arm]
+        # one row per arm and step budget: runs of different budgets are not averaged together
+        groups = sorted({(r["arm"], _budget(r)) for r in mine}, key=lambda g: (g[1], g[0] != "true", g[0]))
+        for arm, budget in groups:
+            rr = [r for r in mine if r["arm"] == arm and _budget(r) == budget]
+            true = [r for r in mine if r["arm"] == "true" and _budget(r) == budget]
             finals = [final(r["rows"]) for r in rr]
             steps = min(r["rows"][-1]["env_steps"] for r in rr)
             pct = "–"
             if arm != "true" and true:
-                # the true arm's final-window mean at this arm's steps, seed by seed where both exist
-                ref = [_at(t["rows"], steps) for t in true]
+                # the true arm's final-window mean up to this arm's steps, over its seeds
+                ref = [final([x for x in t["rows"] if x["env_steps"] <= steps]) for t in true]
                 ref = [v for v in ref if not math.isnan(v)]
                 if ref:
-                    pct = f"{100 * (sum(finals) / len(finals)) / (sum(ref) / len(ref)):.0f}%"
+                    value = 100 * (sum(finals) / len(finals)) / (sum(ref) / len(ref))
+                    pct = f"{value:.0f}%"
+                    pcts.setdefault(arm, {})[task] = value
             labels = "–" if arm == "true" else f"{sum(r['rows'][-1]['labels'] for r in rr) / len(rr):.0f}"
             corr = [r.get("fit", {}).get("policy_corr") for r in rr if r.get("fit")]
             corr = [c for c in corr if c is not None and not math.isnan(c)]
@@ -229,6 +239,11 @@ def mujoco_table(runs: list[dict]) -> str:
                          f"({min(finals):.1f}–{max(finals):.1f}) | {pct} | {labels} | "
                          f"{_num(sum(corr) / len(corr)) if corr else '–'} | "
                          f"{sum(r['wall_s'] for r in rr) / len(rr):.0f} |")
+    tasks = sorted({r["task"] for r in runs})
+    for arm in sorted(pcts, key=lambda a: (len(a), a)):
+        got = pcts[arm]
+        lines.append(f"\n**{arm}**: mean over {len(got)} of {len(tasks)} tasks "
+                     f"({', '.join(sorted(got))}): **{sum(got.values()) / len(got):.0f}%** of true-reward PPO.")
     return "\n".join(lines)
 
 
@@ -317,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = json.loads(results_path.read_text()) if results_path.exists() else []
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="rlhp_label_eff_"))
 
-    def done(task: str, arm: str, seed: int) -> bool:
-        return any(r["task"] == task and r["arm"] == arm and r["seed"] == seed for r in results)
+    def done(task: str, arm: str, seed: int, steps: int | None = None) -> bool:
+        # A MuJoCo run counts only at the same step budget (a shorter earlier run is not this one).
+        return any(r["task"] == task and r["arm"] == arm and r["seed"] == seed
+                   and (steps is None or r.get("steps") == steps) for r in results)
 
     def save(run: dict) -> None:
         results.append(run)
@@ -344,18 +361,17 @@ def main(argv: list[str] | None = None) -> int:
             steps = args.steps or DEFAULT_STEPS[task]
             arms = [a.strip() for a in args.arms.split(",")]
             for seed in seeds:
-                if "true" in arms and not done(task, "true", seed):
+                if "true" in arms and not done(task, "true", seed, steps):
                     save(mujoco_true(task, steps, seed, runs_dir, args.quiet))
                     print(f"{task} true seed {seed}: final {final(results[-1]['rows']):.1f}", flush=True)
                 if "rlhp" not in arms:
                     continue
                 for labels in [int(x) for x in args.labels.split(",")]:
                     arm = f"rlhp-{labels}{suffix}"
-                    if done(task, arm, seed):
+                    if done(task, arm, seed, steps):
                         continue
-                    run = mujoco_rlhp(task, steps, labels, seed, runs_dir, teacher, args.quiet, args.set)
-                    run["arm"] = arm
-                    save(run)
+                    save(mujoco_rlhp(task, steps, labels, seed, runs_dir, teacher, args.quiet, args.set, suffix))
+                    run = results[-1]
                     print(f"{task} {arm} seed {seed}: final {final(run['rows']):.1f}", flush=True)
     finally:
         ray.shutdown()
@@ -369,7 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     muj = [r for r in results if r["task"] != "cartpole"]
     if muj:
         for task in sorted({r["task"] for r in muj}):
-            plot_task(task, [r for r in muj if r["task"] == task], out / f"{task}.png")
+            mine = [r for r in muj if r["task"] == task]
+            budget = max(_budget(r) for r in mine)  # the curves of the longest budget run for the task
+            plot_task(task, [r for r in mine if _budget(r) == budget], out / f"{task}.png")
         text = mujoco_table(muj)
         text += "\n\n" + "\n".join(f"![{t}]({os.path.relpath(out / f'{t}.png', DOC.parent)})"
                                    for t in sorted({r["task"] for r in muj}))
