@@ -131,10 +131,12 @@ def mujoco_rlhp(task: str, steps: int, labels: int, seed: int, runs_dir: Path, t
                 fit=fit, rows=[{k: r.get(k, math.nan) for k in keep} for r in rows])
 
 
-def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool) -> dict:
+def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool, sets: list[str] | None = None,
+                suffix: str = "") -> dict:
+    """PPO on the env reward with the rlhp arms' settings (and their `--set`, e.g. env options)."""
     from learner.algo import build_ppo_config
 
-    cfg = mujoco_config(MUJOCO[task], steps, 4, seed, runs_dir, f"{task}-true-n{steps}-s{seed}", {})
+    cfg = mujoco_config(MUJOCO[task], steps, 4, seed, runs_dir, f"{task}-true{suffix}-n{steps}-s{seed}", {}, sets)
     rl = cfg.rl
     learned = build_ppo_config(cfg.env.env_id, "127.0.0.1:1", algo=rl.algo, num_env_runners=rl.num_env_runners,
                                num_envs_per_env_runner=rl.num_envs_per_env_runner, num_learners=rl.num_learners,
@@ -156,7 +158,7 @@ def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool) -
                 print(f"  [{task} true seed {seed}] {total:,} steps, true return {ret:.1f}", flush=True)
     finally:
         algo.stop()
-    return dict(task=task, arm="true", seed=seed, steps=steps, wall_s=time.time() - t0, rows=rows)
+    return dict(task=task, arm=f"true{suffix}", seed=seed, steps=steps, wall_s=time.time() - t0, rows=rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,6 +207,19 @@ def _at(rows: list[dict], steps: float) -> float:
     return float(np.interp(steps, x[ok], y[ok]))
 
 
+def _is_true(arm: str) -> bool:
+    return arm == "true" or arm.startswith("true-")
+
+
+def _reference(arm: str, runs: list[dict]) -> str:
+    """The true-reward arm an rlhp arm is scored against: `true-<suffix>` when the rlhp arm's
+    suffix also changed the true arm (a `--set`, e.g. an env option), else plain `true`."""
+    parts = arm.split("-", 2)  # rlhp-700[-suffix]
+    if len(parts) == 3 and any(r["arm"] == f"true-{parts[2]}" for r in runs):
+        return f"true-{parts[2]}"
+    return "true"
+
+
 def _budget(run: dict) -> int:
     """A run's env-step budget (older results without one: its last row's steps)."""
     return int(run.get("steps") or (run["rows"][-1]["env_steps"] if run["rows"] else 0))
@@ -220,11 +235,11 @@ def mujoco_table(runs: list[dict]) -> str:
         groups = sorted({(r["arm"], _budget(r)) for r in mine}, key=lambda g: (g[1], g[0] != "true", g[0]))
         for arm, budget in groups:
             rr = [r for r in mine if r["arm"] == arm and _budget(r) == budget]
-            true = [r for r in mine if r["arm"] == "true" and _budget(r) == budget]
+            true = [r for r in mine if r["arm"] == _reference(arm, mine) and _budget(r) == budget]
             finals = [final(r["rows"]) for r in rr]
             steps = min(r["rows"][-1]["env_steps"] for r in rr)
             pct = "–"
-            if arm != "true" and true:
+            if not _is_true(arm) and true:
                 # the true arm's final-window mean up to this arm's steps, over its seeds
                 ref = [final([x for x in t["rows"] if x["env_steps"] <= steps]) for t in true]
                 ref = [v for v in ref if not math.isnan(v)]
@@ -232,7 +247,7 @@ def mujoco_table(runs: list[dict]) -> str:
                     value = 100 * (sum(finals) / len(finals)) / (sum(ref) / len(ref))
                     pct = f"{value:.0f}%"
                     pcts.setdefault(arm, {})[task] = value
-            labels = "–" if arm == "true" else f"{sum(r['rows'][-1]['labels'] for r in rr) / len(rr):.0f}"
+            labels = "–" if _is_true(arm) else f"{sum(r['rows'][-1]['labels'] for r in rr) / len(rr):.0f}"
             corr = [r.get("fit", {}).get("policy_corr") for r in rr if r.get("fit")]
             corr = [c for c in corr if c is not None and not math.isnan(c)]
             lines.append(f"| {task} | {arm} | {len(rr)} | {steps:,.0f} | {sum(finals) / len(finals):.1f} "
@@ -260,7 +275,7 @@ def plot_task(task: str, runs: list[dict], path: Path) -> None:
         rr = [r["rows"] for r in runs if r["arm"] == arm and r["rows"]]
         grid = np.linspace(0, min(r[-1]["env_steps"] for r in rr), 100)
         ys = np.array([[_at(r, g) if g >= r[0]["env_steps"] else np.nan for g in grid] for r in rr])
-        label = "PPO, true reward" if arm == "true" else f"rlhp, {arm.split('-', 1)[1]} labels"
+        label = (f"PPO, true reward{arm[4:]}" if _is_true(arm) else f"rlhp, {arm.split('-', 1)[1]} labels")
         line, = ax.plot(grid, np.nanmean(ys, 0), label=f"{label} ({len(rr)} seeds)",
                         color="black" if arm == "true" else None)
         if len(rr) > 1:
@@ -361,9 +376,13 @@ def main(argv: list[str] | None = None) -> int:
             steps = args.steps or DEFAULT_STEPS[task]
             arms = [a.strip() for a in args.arms.split(",")]
             for seed in seeds:
-                if "true" in arms and not done(task, "true", seed, steps):
-                    save(mujoco_true(task, steps, seed, runs_dir, args.quiet))
-                    print(f"{task} true seed {seed}: final {final(results[-1]['rows']):.1f}", flush=True)
+                # a --set (env options, RL settings) applies to the true-reward arm too, under its own
+                # name; a teacher knob alone does not change it
+                true_arm = f"true{suffix}" if args.set else "true"
+                if "true" in arms and not done(task, true_arm, seed, steps):
+                    save(mujoco_true(task, steps, seed, runs_dir, args.quiet, args.set,
+                                     suffix if args.set else ""))
+                    print(f"{task} {true_arm} seed {seed}: final {final(results[-1]['rows']):.1f}", flush=True)
                 if "rlhp" not in arms:
                     continue
                 for labels in [int(x) for x in args.labels.split(",")]:

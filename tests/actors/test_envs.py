@@ -85,6 +85,32 @@ def test_hopper_qpos_qvel_in_info(tmp_path, monkeypatch):
         env.close()
 
 
+def test_hopper_unhealthy_penalty_only_while_fallen(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plain, penalised = make_env("Hopper-v5"), make_env("Hopper-v5", unhealthy_penalty=2.0)
+    try:
+        plain.reset(seed=0)
+        penalised.reset(seed=0)
+        rng = np.random.default_rng(0)
+        healthy_seen = fallen_seen = 0
+        for _ in range(300):  # random torques: upright at first, fallen (and not terminated) later
+            a = rng.uniform(-1, 1, size=3).astype(np.float32)
+            _, _, term_a, _, info_a = plain.step(a)
+            _, _, term_b, _, info_b = penalised.step(a)
+            assert not term_a and not term_b  # still no early termination
+            healthy = penalised.unwrapped.is_healthy
+            expected = info_a["true_reward"] - (0.0 if healthy else 2.0)
+            assert info_b["true_reward"] == pytest.approx(expected)
+            healthy_seen += healthy
+            fallen_seen += not healthy
+        assert healthy_seen > 0 and fallen_seen > 0
+    finally:
+        plain.close()
+        penalised.close()
+    with pytest.raises(ValueError, match="is_healthy"):
+        make_env("HalfCheetah-v5", unhealthy_penalty=1.0)
+
+
 def test_fixed_cartpole_fixed_horizon_and_binary_reward():
     env = make_env(FIXED_CARTPOLE_ID)
     try:

@@ -46,3 +46,21 @@ def test_table_keeps_step_budgets_apart_and_scores_against_the_same_budget(le):
     assert "| 100% |" in rlhp  # 400 against the 2k true arm's 400, not the 1k arm's 100
     assert "| 695 |" in rlhp
     assert "**100%** of true-reward PPO" in table
+
+
+def test_an_arm_with_a_set_is_scored_against_the_true_arm_run_with_the_same_set(le):
+    runs = [
+        _run("true", 2000, [0.0] * 9 + [400.0]),
+        _run("true-pen2", 2000, [0.0] * 9 + [100.0]),      # the same env change on the true reward
+        _run("rlhp-700-pen2", 2000, [0.0] * 9 + [100.0], labels=700),
+        _run("rlhp-700-beta1", 2000, [0.0] * 9 + [200.0], labels=700),  # teacher knob: plain true arm
+    ]
+    assert le._reference("rlhp-700-pen2", runs) == "true-pen2"
+    assert le._reference("rlhp-700-beta1", runs) == "true"
+    assert le._reference("rlhp-700", runs) == "true"
+    table = le.mujoco_table(runs)
+    pen = next(r for r in table.splitlines() if "rlhp-700-pen2" in r)
+    beta = next(r for r in table.splitlines() if "rlhp-700-beta1" in r)
+    assert "| 100% |" in pen and "| 50% |" in beta
+    true_pen = next(r for r in table.splitlines() if r.startswith("| hopper | true-pen2"))
+    assert "| – | – |" in true_pen  # a true arm has no percentage and no labels
