@@ -4,6 +4,7 @@ exposes `main(argv) -> int`; they are imported lazily so `rlhp --help` is instan
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"rlhp: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    # gRPC's C core logs at INFO by default ("fork_posix.cc ... skipping fork() handlers" each time
+    # Ray forks): the terminal is for people. Read when grpc loads, so set before any import.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

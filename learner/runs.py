@@ -28,6 +28,64 @@ class TrainError(RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
 
 
+_library_log: Any = None  # the FileHandler of `library_logs_to`, once set
+
+
+def library_logs_to(path: Path) -> None:
+    """Send Ray's, RLlib's and Python's warnings (deprecations, "new API stack", gputil...) to the
+    file `path` instead of the terminal, where only the run's own progress lines belong.
+    `ray.init` and RLlib's imports drop or replace logger handlers: `reattach_library_logs` after
+    them (the Trainer does, after starting Ray and after building the algorithm)."""
+    import logging
+
+    global _library_log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _library_log = logging.FileHandler(path)
+    _library_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.captureWarnings(True)
+    reattach_library_logs()
+
+
+def reattach_library_logs() -> None:
+    """Point Ray's and RLlib's loggers at the `library_logs_to` file again (no-op if never set)."""
+    import logging
+
+    if _library_log is None:
+        return
+    # records of a logger left without handlers (ray.init drops them, then logs) would otherwise
+    # reach stderr through logging.lastResort
+    logging.lastResort = _library_log
+    names = {"ray", "ray.rllib", "ray.tune", "py.warnings"} | {
+        n for n, lg in logging.root.manager.loggerDict.items()
+        if n.startswith("ray.") and isinstance(lg, logging.Logger) and lg.handlers}
+    for name in sorted(names):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(_library_log)
+        logger.propagate = False
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (or Ctrl-C) asked the run to stop: it checkpoints and exits (`stop_on_signals`)."""
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM stop a run the way Ctrl-C does (raise `Stopped` in the main thread), so it
+    checkpoints and exits cleanly instead of dying mid-write. Call it again after `ray.init`, which
+    installs its own SIGTERM handler in the driver. A no-op outside the main thread (Ray Tune)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise Stopped(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def atomic_json(path: Path, data: dict) -> None:
     """Write `data` as JSON beside `path`, then swap it in: a crash leaves the old file or the new."""
     tmp = path.with_suffix(".tmp")

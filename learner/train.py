@@ -26,7 +26,8 @@ from typing import Any, Callable
 from learner.experiment import ExperimentConfig
 from learner.labelers import run_token, start_labelers
 from learner.metrics import MetricsWriter
-from learner.runs import TrainError, policy_dir, read_state, save_policy_atomically, token_dir, write_state
+from learner.runs import (TrainError, policy_dir, read_state, reattach_library_logs, save_policy_atomically,
+                         stop_on_signals, token_dir, write_state)
 
 log = logging.getLogger("rlhp.train")
 
@@ -267,12 +268,17 @@ class Trainer:
 
         if ray.is_initialized():
             return
-        if self.ray_address:
-            ray.init(address=self.ray_address, log_to_driver=False)
-        else:
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                     num_cpus=max(2, self.cfg.rl.num_env_runners + 1), log_to_driver=False,
-                     configure_logging=True, logging_level=logging.WARNING)
+        try:
+            if self.ray_address:
+                ray.init(address=self.ray_address, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                         num_cpus=max(2, self.cfg.rl.num_env_runners + 1), log_to_driver=False,
+                         configure_logging=False)  # leave the loggers as the caller set them (rlhp train: a file)
+        except (RuntimeError, ConnectionError, TimeoutError) as e:
+            where = f"the Ray cluster at {self.ray_address}" if self.ray_address else "a local Ray instance"
+            raise TrainError(f"could not start {where}: {e} (a loaded machine can time out here: "
+                             f"run again, with --resume {self.run_dir} if the run had started)") from e
         self._owns_ray = True
 
     def build_algo(self) -> None:
@@ -348,6 +354,7 @@ class Trainer:
         from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED
 
         self._t0 = time.time()
+        stop_on_signals()
         state = read_state(self.run_dir) if self.resume else None
         if state is not None:
             self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
@@ -362,7 +369,10 @@ class Trainer:
         if self.model is not None:
             self.model.start()
         self.start_ray()
+        stop_on_signals()  # again: ray.init replaced the SIGTERM handler
+        reattach_library_logs()  # and dropped the handlers of Ray's loggers
         self.build_algo()
+        reattach_library_logs()
         metrics = MetricsWriter(self.run_dir, resume=self.resume, stream=None)
         self._labels_before = 0
         start_steps = self.env_steps

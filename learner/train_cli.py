@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 from learner import configs, experiment, multi
 from learner.experiment import ExperimentConfig
 from learner.presets import PRESETS
-from learner.runs import TrainError
+from learner.runs import Stopped, TrainError, library_logs_to
 from learner.train import Trainer
 
 
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir.mkdir(parents=True, exist_ok=True)
     configs.save(cfg, run_dir / "config.yaml")
+    import ray.rllib  # noqa: F401 - Ray and RLlib set up their stderr loggers on import; re-route them
+
+    library_logs_to(run_dir / "logs" / "driver.log")
     trainer = Trainer(cfg, run_dir, resume=resume, ray_address=args.address,
                       reward_address=args.reward_address, query_address=args.query_address,
                       query_token=args.query_token)
@@ -110,10 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     except TrainError as e:
         print(f"rlhp train: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: writing a checkpoint", file=sys.stderr)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (learner.runs.Stopped)
+        why = "stopped by SIGTERM" if isinstance(e, Stopped) else "interrupted"
+        print(f"{why}: writing a checkpoint", file=sys.stderr)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the checkpoint short
         trainer.checkpoint()
-        return 130
+        print(f"checkpoint written at iteration {trainer.iteration}, {trainer.env_steps:,} env steps; "
+              f"continue with: rlhp train --resume {run_dir}", file=sys.stderr)
+        return 143 if isinstance(e, Stopped) else 130
     finally:
         trainer.close()
     print(f"done: {summary['iterations']} iterations, {summary['env_steps']:,} env steps; "
