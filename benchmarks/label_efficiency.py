@@ -226,8 +226,12 @@ def _budget(run: dict) -> int:
 
 
 def mujoco_table(runs: list[dict]) -> str:
-    lines = ["| task | arm | seeds | env steps | final true return (mean, min–max) | % of true-reward PPO | "
-             "labels | corr, policy segments | wall s / run |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    # The score of an rlhp arm: its gain over the untrained policy as a share of the true-reward
+    # arm's gain, 100·(R_rlhp − R_0)/(R_true − R_0), R_0 = the true arm's first-iteration return.
+    # A plain ratio R_rlhp/R_true means nothing where returns are negative (HalfCheetah, Reacher).
+    lines = ["| task | arm | seeds | env steps | final true return (mean, min–max) | initial | "
+             "% of true-reward PPO's gain | labels | corr, policy segments | wall s / run |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     pcts: dict[str, dict[str, float]] = {}  # arm -> task -> % of true-reward PPO
     for task in sorted({r["task"] for r in runs}):
         mine = [r for r in runs if r["task"] == task]
@@ -239,26 +243,29 @@ def mujoco_table(runs: list[dict]) -> str:
             finals = [final(r["rows"]) for r in rr]
             steps = min(r["rows"][-1]["env_steps"] for r in rr)
             pct = "–"
-            if not _is_true(arm) and true:
+            start = [r["rows"][0]["true_return"] for r in (true or rr) if r["rows"]]
+            start = [v for v in start if not math.isnan(v)]
+            base = sum(start) / len(start) if start else math.nan
+            if not _is_true(arm) and true and not math.isnan(base):
                 # the true arm's final-window mean up to this arm's steps, over its seeds
                 ref = [final([x for x in t["rows"] if x["env_steps"] <= steps]) for t in true]
                 ref = [v for v in ref if not math.isnan(v)]
-                if ref:
-                    value = 100 * (sum(finals) / len(finals)) / (sum(ref) / len(ref))
+                if ref and sum(ref) / len(ref) > base:
+                    value = 100 * (sum(finals) / len(finals) - base) / (sum(ref) / len(ref) - base)
                     pct = f"{value:.0f}%"
                     pcts.setdefault(arm, {})[task] = value
             labels = "–" if _is_true(arm) else f"{sum(r['rows'][-1]['labels'] for r in rr) / len(rr):.0f}"
             corr = [r.get("fit", {}).get("policy_corr") for r in rr if r.get("fit")]
             corr = [c for c in corr if c is not None and not math.isnan(c)]
             lines.append(f"| {task} | {arm} | {len(rr)} | {steps:,.0f} | {sum(finals) / len(finals):.1f} "
-                         f"({min(finals):.1f}–{max(finals):.1f}) | {pct} | {labels} | "
+                         f"({min(finals):.1f}–{max(finals):.1f}) | {_num(base, '.1f')} | {pct} | {labels} | "
                          f"{_num(sum(corr) / len(corr)) if corr else '–'} | "
                          f"{sum(r['wall_s'] for r in rr) / len(rr):.0f} |")
     tasks = sorted({r["task"] for r in runs})
     for arm in sorted(pcts, key=lambda a: (len(a), a)):
         got = pcts[arm]
         lines.append(f"\n**{arm}**: mean over {len(got)} of {len(tasks)} tasks "
-                     f"({', '.join(sorted(got))}): **{sum(got.values()) / len(got):.0f}%** of true-reward PPO.")
+                     f"({', '.join(sorted(got))}): **{sum(got.values()) / len(got):.0f}%** of true-reward PPO's gain.")
     return "\n".join(lines)
 
 

@@ -64,3 +64,11 @@ def test_an_arm_with_a_set_is_scored_against_the_true_arm_run_with_the_same_set(
     assert "| 100% |" in pen and "| 50% |" in beta
     true_pen = next(r for r in table.splitlines() if r.startswith("| hopper | true-pen2"))
     assert "| – | – |" in true_pen  # a true arm has no percentage and no labels
+
+
+def test_score_is_the_share_of_the_true_arms_gain_over_the_initial_policy(le):
+    # Reacher-like: returns negative; true arm −40 → −10, rlhp −40 → −25: half the gain
+    runs = [_run("true", 1000, [-40.0] + [-30.0] * 8 + [-10.0]),
+            _run("rlhp-350", 1000, [-40.0] + [-30.0] * 8 + [-25.0], labels=350)]
+    row = next(r for r in le.mujoco_table(runs).splitlines() if "rlhp-350" in r)
+    assert "| -40.0 | 50% |" in row, row
