@@ -8,7 +8,10 @@ in-process lock per database file before they begin, so they never collide insid
 handler would put the loser to sleep for up to 100 ms a retry; writers of other processes (e.g.
 `rlhp token` while the service runs) still serialise on the database lock (busy timeout 30 s).
 
-No gRPC here; `core.py` holds the rules, this module holds the rows.
+No gRPC here; the rules live in `core.py` and the modules it composes (`auth`, `intake`, `schedule`,
+`selection`, `leases`, `routing`, `forwarding`), the rows here: every SQL statement of the service is a
+named method of `Store` (those taking a connection `c` run inside the caller's `read()`/`write()`
+transaction, so one rule's statements commit together).
 """
 
 from __future__ import annotations
