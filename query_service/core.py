@@ -64,22 +64,40 @@ class QueryService:
     def __init__(self, run_dir: str | Path, config: QueryConfig | None = None,
                  reward: RewardBackend | None = None, clock: Callable[[], float] = time.time,
                  seed: int | None = None, reward_factory: RewardFactory | None = None) -> None:
-        self.config = config or QueryConfig()
+        self._config = config or QueryConfig()
         self.run_dir = Path(run_dir)
         self.store = Store(self.run_dir)
-        self.clock = clock
+        self._clock = clock
         # `reward`: the default backend (experiments that reported no reward address); address ->
         # backend made by `reward_factory` on first use (None: addresses are refused)
         self._routes = Routes(self.store, reward, reward_factory)
-        self._auth = Auth(self.store, clock)
+        self._auth = Auth(self.store, self.clock)
         self._schedule = Schedule(self.config)
-        self._selector = Selector(self.store, self.config, self._schedule, self._routes, clock, seed)
-        self._leases = Leases(self.store, self.config, self._schedule, clock)
+        self._selector = Selector(self.store, self.config, self._schedule, self._routes, self.clock, seed)
+        self._leases = Leases(self.store, self.config, self._schedule, self.clock)
         self._forwarder = Forwarder(self.store, self.config, self._routes)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._renderer: Any = None
         self._renderer_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------ shared settings
+    @property
+    def config(self) -> QueryConfig:
+        return self._config
+
+    @config.setter
+    def config(self, config: QueryConfig) -> None:
+        self._config = self._schedule.config = self._selector.config = config
+        self._leases.config = self._forwarder.config = config
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self._clock = self._auth.clock = self._selector.clock = self._leases.clock = clock
 
     # ------------------------------------------------------------------------------ counters
     @property
