@@ -378,7 +378,7 @@ def test_validation_modes_train_on_what_they_say(rng: np.random.Generator, mode:
     segs, ret = task.segments(120, "s")
     model = RewardModel(VEC, RewardConfig(members=3, seed=2, validation=mode))
     model.add_comparisons(segs, teacher(rng, ret, 300))
-    comps = model._comparisons
+    comps = model._buffer.comparisons  # the buffer's stored comparisons (val flag, bootstrap weights)
     held = sum(c.val for c in comps)
     out = model.train(20)
     if mode == "oob":
