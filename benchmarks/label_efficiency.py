@@ -126,7 +126,8 @@ def mujoco_rlhp(task: str, steps: int, labels: int, seed: int, runs_dir: Path, t
     rows, wall = _trainer_run(cfg, runs_dir / name, name, quiet)
     keep = ("env_steps", "true_return", "labels", "time_s", "steps_per_s", "segment_corr",
             "policy_corr", "step_corr", "predicted_return", "reward_val_accuracy")
-    fit = reward_fit(runs_dir / name, episodes=2)
+    # Reacher: 50-step episodes, one segment each; 20 episodes give enough segments for a correlation
+    fit = reward_fit(runs_dir / name, episodes=20 if task == "reacher" else 2)
     return dict(task=task, arm=f"rlhp-{labels}{suffix}", seed=seed, steps=steps, wall_s=wall, answers=answer_counts(runs_dir / name),
                 fit=fit, rows=[{k: r.get(k, math.nan) for k in keep} for r in rows])
 
