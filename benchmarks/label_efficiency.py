@@ -212,6 +212,11 @@ def _is_true(arm: str) -> bool:
     return arm == "true" or arm.startswith("true-")
 
 
+def _suffix(arm: str) -> str:
+    """`rlhp-700-beta1` → `beta1`, `true-pen2` → `pen2`, `rlhp-700`/`true` → ``."""
+    return arm[5:] if arm.startswith("true-") else (arm.split("-", 2)[2] if arm.count("-") >= 2 else "")
+
+
 def _reference(arm: str, runs: list[dict]) -> str:
     """The true-reward arm an rlhp arm is scored against: `true-<suffix>` when the rlhp arm's
     suffix also changed the true arm (a `--set`, e.g. an env option), else plain `true`."""
@@ -411,13 +416,22 @@ def main(argv: list[str] | None = None) -> int:
             write_doc("cartpole", text)
     muj = [r for r in results if r["task"] != "cartpole"]
     if muj:
+        pngs = []
         for task in sorted({r["task"] for r in muj}):
             mine = [r for r in muj if r["task"] == task]
             budget = max(_budget(r) for r in mine)  # the curves of the longest budget run for the task
-            plot_task(task, [r for r in mine if _budget(r) == budget], out / f"{task}.png")
+            mine = [r for r in mine if _budget(r) == budget]
+            # one figure per arm suffix (a --set or a teacher knob), with the true arm it is scored against
+            for sfx in sorted({_suffix(r["arm"]) for r in mine}):
+                arms = {r["arm"] for r in mine if _suffix(r["arm"]) == sfx and not _is_true(r["arm"])}
+                refs = {_reference(a, mine) for a in arms} or ({f"true-{sfx}"} if sfx else {"true"})
+                group = [r for r in mine if r["arm"] in arms | refs]
+                if group:
+                    name = f"{task}-{sfx}" if sfx else task
+                    plot_task(task, group, out / f"{name}.png")
+                    pngs.append(name)
         text = mujoco_table(muj)
-        text += "\n\n" + "\n".join(f"![{t}]({os.path.relpath(out / f'{t}.png', DOC.parent)})"
-                                   for t in sorted({r["task"] for r in muj}))
+        text += "\n\n" + "\n".join(f"![{n}]({os.path.relpath(out / f'{n}.png', DOC.parent)})" for n in pngs)
         print(text)
         if args.write_doc:
             write_doc("mujoco", text)
