@@ -37,6 +37,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -289,10 +290,13 @@ def plot_task(task: str, runs: list[dict], path: Path) -> None:
         grid = np.linspace(0, min(r[-1]["env_steps"] for r in rr), 100)
         ys = np.array([[_at(r, g) if g >= r[0]["env_steps"] else np.nan for g in grid] for r in rr])
         label = (f"PPO, true reward{arm[4:]}" if _is_true(arm) else f"rlhp, {arm.split('-', 1)[1]} labels")
-        line, = ax.plot(grid, np.nanmean(ys, 0), label=f"{label} ({len(rr)} seeds)",
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # grid points before a run's first iteration
+            mean, low, high = np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+        line, = ax.plot(grid, mean, label=f"{label} ({len(rr)} seeds)",
                         color="black" if arm == "true" else None)
         if len(rr) > 1:
-            ax.fill_between(grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.15)
+            ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("env steps")
     ax.set_ylabel("true episode return (training episodes)")
     ax.set_title(f"{MUJOCO.get(task, task)}: learned reward vs true reward")
