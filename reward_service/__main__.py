@@ -316,9 +316,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 comparisons = []
                 for k in range(n):
                     a, b = rets[2 * k], rets[2 * k + 1]
-                    label = wire.Preference.EQUAL if abs(a - b) < 1e-3 else (
+                    answer = wire.Preference.EQUAL if abs(a - b) < 1e-3 else (
                         wire.Preference.LEFT if a > b else wire.Preference.RIGHT)
-                    comparisons.append(ComparisonData(f"q{sent + k}", segs[2 * k].id, segs[2 * k + 1].id, label))
+                    comparisons.append(ComparisonData(f"q{sent + k}", segs[2 * k].id, segs[2 * k + 1].id, answer))
                 client.add_comparisons(segs, comparisons)
                 sent += n
                 next_batch = now + 0.7 * args.demo_seconds / max(1, -(-args.demo_comparisons // batch))

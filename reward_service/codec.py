@@ -40,7 +40,8 @@ def encode_segment(seg: SegmentData, out: common_pb2.Segment) -> None:
         wire.to_tensor(seg.actions, out.actions)
 
 
-def decode_label(value: int, comparison_id: str) -> wire.Preference:
+def decode_answer(value: int, comparison_id: str) -> wire.Preference:
+    """The proto field `label` as the comparison's `answer` (error messages name the proto field)."""
     if value == common_pb2.PREFERENCE_UNSPECIFIED:
         raise wire.InvalidRequest(
             f"comparison {comparison_id!r}: label PREFERENCE_UNSPECIFIED (unset) is not one of "
@@ -56,7 +57,7 @@ def decode_label(value: int, comparison_id: str) -> wire.Preference:
 def decode_comparison(c: reward_pb2.Comparison) -> ComparisonData:
     # Ids are checked by the core (empty ids, unknown segments), with the same messages in-process.
     return ComparisonData(id=c.id, left_id=c.left_id, right_id=c.right_id,
-                          label=decode_label(c.label, c.id))
+                          answer=decode_answer(c.label, c.id))
 
 
 def stats_to_proto(s: RewardStats) -> reward_pb2.StatsResponse:
@@ -82,11 +83,12 @@ def stats_to_proto(s: RewardStats) -> reward_pb2.StatsResponse:
 
 
 def encode_comparison(c: ComparisonData, out: reward_pb2.Comparison) -> None:
-    """A label of the query service as the reward service's comparison (unset label: 0, refused)."""
+    """A label of the query service as the reward service's comparison: `answer` goes in the proto
+    field `label` (unset answer: 0, refused)."""
     out.id = c.id or ""
     out.left_id = c.left_id or ""
     out.right_id = c.right_id or ""
-    out.label = 0 if c.label is None else int(wire.Preference.parse(c.label))
+    out.label = 0 if c.answer is None else int(wire.Preference.parse(c.answer))
 
 
 def stats_from_proto(r: reward_pb2.StatsResponse) -> RewardStats:
