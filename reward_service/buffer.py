@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from rlhp.wire import InvalidRequest, Preference
+from rlhp.types import InvalidRequest, Preference
 
 from .config import RewardConfig
 from .intake import Segment

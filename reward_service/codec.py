@@ -78,7 +78,7 @@ def stats_to_proto(s: RewardStats) -> reward_pb2.StatsResponse:
         out.members.add(norm_mean=float(m.norm_mean), norm_std=float(m.norm_std),
                         train_loss=float(m.train_loss), val_loss=float(m.val_loss), l2=float(m.l2))
     if s.space is not None:
-        out.space.CopyFrom(s.space.to_proto())
+        out.space.CopyFrom(wire.space_to_proto(s.space))
     return out
 
 
@@ -104,7 +104,7 @@ def stats_from_proto(r: reward_pb2.StatsResponse) -> RewardStats:
         train_steps=int(r.train_steps),
         members=tuple(MemberStats(norm_mean=m.norm_mean, norm_std=m.norm_std, train_loss=m.train_loss,
                                   val_loss=m.val_loss, l2=m.l2) for m in r.members),
-        space=wire.Space.from_proto(r.space) if r.HasField("space") else None,
+        space=wire.space_from_proto(r.space) if r.HasField("space") else None,
         architecture=r.architecture,
         target_std=float(r.target_std),
     )

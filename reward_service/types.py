@@ -11,7 +11,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from rlhp.wire import Preference, Space
+from rlhp.types import Preference, Space
 
 
 @dataclass(frozen=True)
