@@ -84,7 +84,7 @@ def _trainer_run(cfg: Any, run_dir: Path, tag: str, quiet: bool) -> tuple[list[d
 
 
 def answer_counts(run_dir: Path) -> dict[str, int]:
-    from rlhp.wire import Preference
+    from rlhp.types import Preference
 
     with sqlite3.connect(run_dir / "labels.sqlite") as c:
         counts = dict(c.execute("SELECT answer, COUNT(*) FROM labels GROUP BY answer").fetchall())

@@ -88,7 +88,7 @@ class Trainer:
 
     def _space(self):
         from actors.envs import make_env
-        from rlhp.wire import Space
+        from rlhp.types import Space
 
         env = make_env(self.cfg.env.env_id, **self.cfg.env_options)
         try:

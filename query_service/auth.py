@@ -3,7 +3,7 @@
 A token maps (by its salted hash, in the store's `labelers` table) to a name, a role and optionally
 a list of experiments. Producers (`producer`, `admin`) add segments and report progress; labelers
 (`labeler`, `teacher`, `admin`) lease, answer, release and watch queries. Every refusal is
-`rlhp.wire.Unauthenticated` with the reason in words.
+`rlhp.types.Unauthenticated` with the reason in words.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, Unauthenticated
+from rlhp.types import FailedPrecondition, InvalidRequest, NotFound, Unauthenticated
 
 from . import intake
 from .store import ROLES, Store, TokenExists

@@ -2,7 +2,7 @@
 leases, labels and forwarding (each in its own module, see `QueryService`).
 
 Free of gRPC and Ray: `server.py` decodes requests, calls these methods and maps the exceptions of
-`rlhp.wire` to status codes; `client.py` offers the same methods (minus the token) over gRPC.
+`rlhp.types` to status codes; `client.py` offers the same methods (minus the token) over gRPC.
 
     svc = QueryService(run_dir, QueryConfig.mujoco(), reward=RewardClient("127.0.0.1:50051"),
                        reward_factory=RewardClient)   # how to reach a reward service by address
@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, Preference
+from rlhp.types import FailedPrecondition, InvalidRequest, NotFound, Preference
 
 from reward_service.types import RewardBackend
 

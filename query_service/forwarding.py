@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from rlhp.wire import Preference
+from rlhp.types import Preference
 
 from reward_service.types import ComparisonData, SegmentData
 

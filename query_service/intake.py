@@ -1,6 +1,6 @@
 """Validation of what comes in: segment records, names, addresses, numbers. No state, no SQL.
 
-Every check raises `rlhp.wire.InvalidRequest` with a message that names the field and the bound, so a
+Every check raises `rlhp.types.InvalidRequest` with a message that names the field and the bound, so a
 producer or labeler can fix its request from the message alone (`docs/architecture.md`, contracts).
 """
 
@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rlhp.wire import InvalidRequest, Preference
+from rlhp.types import InvalidRequest, Preference
 
 from .types import SegmentRecord
 

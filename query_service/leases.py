@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Callable
 
-from rlhp.wire import FailedPrecondition, NotFound, Preference
+from rlhp.types import FailedPrecondition, NotFound, Preference
 
 from . import intake
 from .auth import Auth, Caller

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from rlhp.wire import Preference
+from rlhp.types import Preference
 
 from .core import QueryService
 from .types import AddSegmentsResult, Lease, Progress, QueryStats, SegmentRecord, SubmitResult

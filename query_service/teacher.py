@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rlhp.wire import FailedPrecondition, Preference, Unauthenticated
+from rlhp.types import FailedPrecondition, Preference, Unauthenticated
 
 log = logging.getLogger("rlhp.teacher")
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from rlhp.wire import FailedPrecondition, Unauthenticated
+from rlhp.types import FailedPrecondition, Unauthenticated
 
 MAX_SUFFIX = 1000
 

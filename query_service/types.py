@@ -14,7 +14,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from rlhp.wire import Preference
+from rlhp.types import Preference
 
 
 @dataclass(frozen=True)

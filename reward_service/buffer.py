@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from rlhp.wire import InvalidRequest, Preference
+from rlhp.types import InvalidRequest, Preference
 
 from .config import RewardConfig
 from .intake import Segment
@@ -55,7 +55,7 @@ class Comparison:
     id: str
     left: str
     right: str
-    label: int
+    answer: int  # a Preference value
     target: float
     val: bool
     boot: np.ndarray  # [members] Poisson(1) bootstrap weights
@@ -98,12 +98,12 @@ class ComparisonBuffer:
             for name, value in (("id", cid), ("left_id", left), ("right_id", right)):
                 if not isinstance(value, str) or not value:
                     raise InvalidRequest(f"comparison {i}: {name} is missing or not a string")
-            raw_label = getattr(c, "label", None)
-            label = raw_label if isinstance(raw_label, Preference) else Preference.parse(raw_label)
+            raw = getattr(c, "answer", None)
+            answer = raw if isinstance(raw, Preference) else Preference.parse(raw)
             if cid in self.seen or cid in batch_ids:
                 duplicates += 1
                 continue
-            if label.target is None:  # INCOMPARABLE
+            if answer.target is None:  # INCOMPARABLE
                 ignored += 1
                 continue
             segs = []
@@ -125,7 +125,7 @@ class ComparisonBuffer:
             batch_ids.add(cid)
             boot = np.array([poisson1(unit_hash(f"boot/{cfg.seed}/{m}/{cid}"))
                              for m in range(cfg.members)], dtype=np.float64)
-            new.append(Comparison(cid, left, right, int(label), float(label.target),
+            new.append(Comparison(cid, left, right, int(answer), float(answer.target),
                                   cfg.validation == "split" and unit_hash(f"val/{cid}") < cfg.val_fraction,
                                   boot))
         return Prepared(new, new_segments, duplicates, ignored)
@@ -174,9 +174,10 @@ class ComparisonBuffer:
 
     def state(self, t: Callable[[np.ndarray], torch.Tensor]) -> dict[str, Any]:
         """segments, comparisons, seen, pool of a checkpoint (arrays through `t`, one tensor each)."""
+        # The answer's key stays "label" in the file (format version 1), so older checkpoints load.
         return {
             "segments": {sid: [t(o), t(a)] for sid, (o, a) in self.segments.items()},
-            "comparisons": [{"id": r.id, "left": r.left, "right": r.right, "label": r.label,
+            "comparisons": [{"id": r.id, "left": r.left, "right": r.right, "label": r.answer,
                              "target": r.target, "val": r.val, "boot": r.boot.tolist()}
                             for r in self.comparisons],
             "seen": list(self.seen),

@@ -16,8 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from rlhp import wire
-from rlhp.wire import FailedPrecondition, Space
+from rlhp.types import FailedPrecondition, NotFound, Space
 
 CHECKPOINT_NAME = "reward_model.pt"
 FORMAT = "rlhp.reward_model"
@@ -76,7 +75,7 @@ def read(path: str) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise wire.NotFound(f"no reward model checkpoint at {path}") from None
+        raise NotFound(f"no reward model checkpoint at {path}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FailedPrecondition(f"{path} is not a reward model checkpoint")
     if state.get("format_version") != FORMAT_VERSION:

@@ -40,7 +40,8 @@ def encode_segment(seg: SegmentData, out: common_pb2.Segment) -> None:
         wire.to_tensor(seg.actions, out.actions)
 
 
-def decode_label(value: int, comparison_id: str) -> wire.Preference:
+def decode_answer(value: int, comparison_id: str) -> wire.Preference:
+    """The proto field `label` as the comparison's `answer` (error messages name the proto field)."""
     if value == common_pb2.PREFERENCE_UNSPECIFIED:
         raise wire.InvalidRequest(
             f"comparison {comparison_id!r}: label PREFERENCE_UNSPECIFIED (unset) is not one of "
@@ -56,7 +57,7 @@ def decode_label(value: int, comparison_id: str) -> wire.Preference:
 def decode_comparison(c: reward_pb2.Comparison) -> ComparisonData:
     # Ids are checked by the core (empty ids, unknown segments), with the same messages in-process.
     return ComparisonData(id=c.id, left_id=c.left_id, right_id=c.right_id,
-                          label=decode_label(c.label, c.id))
+                          answer=decode_answer(c.label, c.id))
 
 
 def stats_to_proto(s: RewardStats) -> reward_pb2.StatsResponse:
@@ -77,16 +78,17 @@ def stats_to_proto(s: RewardStats) -> reward_pb2.StatsResponse:
         out.members.add(norm_mean=float(m.norm_mean), norm_std=float(m.norm_std),
                         train_loss=float(m.train_loss), val_loss=float(m.val_loss), l2=float(m.l2))
     if s.space is not None:
-        out.space.CopyFrom(s.space.to_proto())
+        out.space.CopyFrom(wire.space_to_proto(s.space))
     return out
 
 
 def encode_comparison(c: ComparisonData, out: reward_pb2.Comparison) -> None:
-    """A label of the query service as the reward service's comparison (unset label: 0, refused)."""
+    """A label of the query service as the reward service's comparison: `answer` goes in the proto
+    field `label` (unset answer: 0, refused)."""
     out.id = c.id or ""
     out.left_id = c.left_id or ""
     out.right_id = c.right_id or ""
-    out.label = 0 if c.label is None else int(wire.Preference.parse(c.label))
+    out.label = 0 if c.answer is None else int(wire.Preference.parse(c.answer))
 
 
 def stats_from_proto(r: reward_pb2.StatsResponse) -> RewardStats:
@@ -102,7 +104,7 @@ def stats_from_proto(r: reward_pb2.StatsResponse) -> RewardStats:
         train_steps=int(r.train_steps),
         members=tuple(MemberStats(norm_mean=m.norm_mean, norm_std=m.norm_std, train_loss=m.train_loss,
                                   val_loss=m.val_loss, l2=m.l2) for m in r.members),
-        space=wire.Space.from_proto(r.space) if r.HasField("space") else None,
+        space=wire.space_from_proto(r.space) if r.HasField("space") else None,
         architecture=r.architecture,
         target_std=float(r.target_std),
     )

@@ -4,7 +4,7 @@ This is the service's core: plain Python + torch + numpy, no gRPC, no Ray. `Rewa
 rules of concurrency and publishing over one concept per module: `intake` (request validation),
 `buffer` (comparisons, segments, seen ids, bootstrap weights), `training` (members, loss, the steps
 of a round), `checkpoint` (the file format), `nets` (the members' networks). `server.py` decodes
-requests, calls a `RewardModel` and maps `rlhp.wire` exceptions to status codes; the client offers
+requests, calls a `RewardModel` and maps `rlhp.types` exceptions to status codes; the client offers
 the same `RewardBackend` interface, so the same contract tests run against both.
 
 Concurrency model
@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhp.wire import FailedPrecondition, InvalidRequest, Space
+from rlhp.types import FailedPrecondition, InvalidRequest, Space
 
 from . import checkpoint as ckpt
 from .buffer import ComparisonBuffer

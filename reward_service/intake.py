@@ -2,7 +2,7 @@
 
 Checked against the model's `Space` and the limits of its `RewardConfig`, and converted to what the
 members take (uint8 or float32 observations; int64 actions for discrete spaces, float32 [N, A]
-otherwise). Every refusal is `rlhp.wire.InvalidRequest` naming the field and the bound.
+otherwise). Every refusal is `rlhp.types.InvalidRequest` naming the field and the bound.
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rlhp import wire
-from rlhp.wire import InvalidRequest, Space
+from rlhp.types import InvalidRequest, Space, check_finite, check_transitions
 
 from .config import RewardConfig
 from .types import SegmentData
@@ -36,7 +35,7 @@ class Intake:
             raise InvalidRequest(
                 f"{what}: {n} transitions is more than the limit of {self.config.max_score_batch}; "
                 "split the batch (ScoreStream does this)")
-        wire.check_transitions(self.space, obs, act, what)
+        check_transitions(self.space, obs, act, what)
         if self._obs_uint8:
             if obs.dtype != np.uint8:
                 raise InvalidRequest(
@@ -45,13 +44,13 @@ class Intake:
         else:
             o = np.array(obs, dtype=np.float32, copy=True) if copy else np.ascontiguousarray(obs, dtype=np.float32)
             if obs.dtype != np.float32:
-                wire.check_finite(o, f"{what}: observations (as float32)")
+                check_finite(o, f"{what}: observations (as float32)")
         if self._discrete:
             a = np.array(act.reshape(n), dtype=np.int64, copy=True)
         else:
             a = np.array(act.reshape(n, -1), dtype=np.float32, copy=True)
             if act.dtype != np.float32:
-                wire.check_finite(a, f"{what}: actions (as float32)")
+                check_finite(a, f"{what}: actions (as float32)")
         return o, a
 
     def segments(self, segments: Sequence[SegmentData] | None, what: str, copy: bool) -> dict[str, Segment]:

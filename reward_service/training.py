@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlhp.wire import Space
+from rlhp.types import Space
 
 from .buffer import Comparison
 from .config import RewardConfig

@@ -155,3 +155,27 @@ def test_a_client_loads_neither_its_server_nor_its_core(client, forbidden):
     loaded = _loaded_after(f"import {client}")
     assert client in loaded
     assert not loaded & forbidden, sorted(loaded & forbidden)
+
+
+def test_the_domain_types_load_neither_protobuf_nor_grpc():
+    loaded = _loaded_after("import rlhp.types")
+    assert "rlhp.types" in loaded
+    assert not loaded & {"google.protobuf", "grpc", "rlhp.v1", "rlhp.wire"}, \
+        sorted(loaded & {"google.protobuf", "grpc", "rlhp.v1", "rlhp.wire"})
+
+
+@pytest.mark.parametrize("core", ["query_service.core", "reward_service.core"])
+def test_a_core_loads_neither_grpc_nor_the_generated_stubs(core):
+    forbidden = {"grpc", "rlhp.v1", "rlhp.v1.common_pb2", "rlhp.wire", "rlhp.rpc"}
+    loaded = _loaded_after(f"import {core}")
+    assert core in loaded
+    assert not loaded & forbidden, sorted(loaded & forbidden)
+
+
+def test_the_codec_re_exports_the_domain_types():
+    import rlhp.types
+    import rlhp.wire
+
+    for name in ("Space", "Preference", "InvalidRequest", "NotFound", "FailedPrecondition", "Unauthenticated",
+                 "check_transitions", "check_finite"):
+        assert getattr(rlhp.wire, name) is getattr(rlhp.types, name), name

@@ -1,7 +1,7 @@
 """gRPC plumbing shared by the services' thin servers and clients.
 
 - `make_server` / `make_channel`: message-size limits, keepalive and retry policy in one place.
-- `handle_errors`: maps the core's exceptions (rlhp.wire) to status codes with readable messages;
+- `handle_errors`: maps the core's exceptions (rlhp.types) to status codes with readable messages;
   anything unexpected becomes INTERNAL with the error text, and the server keeps serving.
 - `exception_for` / `call`: the way back, for every client (and the labeling page): a status code
   becomes the core's exception again, UNAVAILABLE (after the channel's retries) `ConnectionError`,
@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import grpc
 
-from rlhp import wire
+from rlhp import types, wire
 
 log = logging.getLogger("rlhp.rpc")
 
@@ -106,10 +106,10 @@ def make_channel(address: str, service: str, root_cert: bytes | None = None) -> 
 
 
 _STATUS = [
-    (wire.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (wire.NotFound, grpc.StatusCode.NOT_FOUND),
-    (wire.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (wire.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (types.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (types.NotFound, grpc.StatusCode.NOT_FOUND),
+    (types.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (types.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
 ]
 
 
@@ -126,7 +126,7 @@ def exception_for(e: grpc.RpcError, service: str = "the service", hint: str = ""
         if code == status:
             return kind(details)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return wire.InvalidRequest(f"request to the {service} is too large: {details}")
+        return types.InvalidRequest(f"request to the {service} is too large: {details}")
     if code == grpc.StatusCode.UNAVAILABLE:
         return ConnectionError(f"{service} is unavailable (after retries): {details}" + (f". {hint}" if hint else ""))
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from rlhp import rpc, wire
-from rlhp.wire import Preference
+from rlhp import rpc
+from rlhp.types import FailedPrecondition, InvalidRequest, NotFound, Preference, Unauthenticated
 
 log = logging.getLogger("rlhp.label")
 
@@ -67,13 +67,13 @@ def error_status(exc: BaseException) -> tuple[int, str, bool]:
     `grpc.RpcError` (another client) goes through the same table first."""
     if type(exc).__module__.startswith("grpc") and hasattr(exc, "code"):
         exc = rpc.exception_for(exc, "query service")  # type: ignore[arg-type]
-    if isinstance(exc, wire.InvalidRequest):
+    if isinstance(exc, InvalidRequest):
         return HTTPStatus.BAD_REQUEST, str(exc), False
-    if isinstance(exc, wire.NotFound):
+    if isinstance(exc, NotFound):
         return HTTPStatus.NOT_FOUND, str(exc), False
-    if isinstance(exc, wire.FailedPrecondition):
+    if isinstance(exc, FailedPrecondition):
         return HTTPStatus.CONFLICT, str(exc), False
-    if isinstance(exc, wire.Unauthenticated):
+    if isinstance(exc, Unauthenticated):
         return HTTPStatus.UNAUTHORIZED, str(exc), False
     if isinstance(exc, TimeoutError):
         return HTTPStatus.GATEWAY_TIMEOUT, str(exc), True
@@ -305,7 +305,7 @@ class LabelApp:
             raise ApiError(HTTPStatus.BAD_REQUEST, "query_id is missing")
         try:
             pref = Preference.parse(answer)
-        except wire.InvalidRequest as e:
+        except InvalidRequest as e:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from None
         try:
             secs = max(0.0, float(seconds or 0.0))

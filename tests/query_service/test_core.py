@@ -448,7 +448,7 @@ class FakeReward:
             assert c.left_id in ids and c.right_id in ids
             if c.id in self.seen:
                 dup += 1
-            self.seen[c.id] = c.label
+            self.seen[c.id] = c.answer
         return AddResult(len(comparisons) - dup, dup, 0, len(self.seen))
 
     def disagreement(self, segments, pairs):

@@ -79,8 +79,8 @@ def teacher(rng: np.random.Generator, ret: dict[str, float], n: int, prefix: str
     for k in range(n):
         a, b = rng.choice(len(ids), 2, replace=False)
         left, right = ids[a], ids[b]
-        label = Preference.LEFT if ret[left] > ret[right] else Preference.RIGHT
-        out.append(ComparisonData(f"{prefix}{k}", left, right, label))
+        answer = Preference.LEFT if ret[left] > ret[right] else Preference.RIGHT
+        out.append(ComparisonData(f"{prefix}{k}", left, right, answer))
     return out
 
 
