@@ -129,7 +129,7 @@ def mujoco_rlhp(task: str, steps: int, labels: int, seed: int, runs_dir: Path, t
             "policy_corr", "step_corr", "predicted_return", "reward_val_accuracy")
     # Reacher: 50-step episodes, one segment each; 20 episodes give enough segments for a correlation
     fit = reward_fit(runs_dir / name, episodes=20 if task == "reacher" else 2)
-    return dict(task=task, arm=f"rlhp-{labels}{suffix}", seed=seed, steps=steps, wall_s=wall, answers=answer_counts(runs_dir / name),
+    return dict(task=task, arm=f"rlhp-{labels}{suffix}", seed=seed, steps=steps, sets=list(sets or []), wall_s=wall, answers=answer_counts(runs_dir / name),
                 fit=fit, rows=[{k: r.get(k, math.nan) for k in keep} for r in rows])
 
 
@@ -418,7 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         if args.write_doc:
             write_doc("cartpole", text)
-    muj = [r for r in results if r["task"] != "cartpole"]
+    # runs judged by another goal (teacher.goal) have no true-reward arm to compare with
+    muj = [r for r in results if r["task"] != "cartpole"
+           and not any(x.startswith("teacher.goal=") for x in r.get("sets", []))]
     if muj:
         pngs = []
         for task in sorted({r["task"] for r in muj}):
