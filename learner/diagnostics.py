@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from rlhp.types import model_actions
+
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation; NaN when it is undefined (fewer than 3 points or a constant side)."""
@@ -98,7 +100,7 @@ def reward_fit(run_dir: str | Path, episodes: int = 4, seed: int = 777) -> dict[
                     a = greedy_action(module, obs, env.action_space) if name == "policy" else env.action_space.sample()
                     nxt, _, term, trunc, info = env.step(a)
                     o_ep.append(np.asarray(obs, dtype=np.float32))
-                    a_ep.append(np.clip(a, getattr(env.action_space, "low", a), getattr(env.action_space, "high", a)))
+                    a_ep.append(a)
                     r_ep.append(float(info["true_reward"]))
                     obs, done = nxt, term or trunc
                 starts += [len(obs_l) + s for s in range(0, len(o_ep) - length + 1, length)]
@@ -106,8 +108,8 @@ def reward_fit(run_dir: str | Path, episodes: int = 4, seed: int = 777) -> dict[
                 act_l += a_ep
                 rew_l += r_ep
             o = np.stack(obs_l)
-            a = np.asarray(act_l)
-            a = a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(np.float32)
+            a = model_actions(np.asarray(act_l), getattr(env.action_space, "low", None),
+                              getattr(env.action_space, "high", None))
             pred, _ = model.score(o, a)
             true = np.asarray(rew_l)
             for s in starts:  # non-overlapping windows within each episode, as the actors cut them

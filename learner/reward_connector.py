@@ -54,6 +54,8 @@ from ray.rllib.core import ALL_MODULES, DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.typing import EpisodeType
 
+from rlhp.types import model_actions
+
 BackendSpec = Any  # str address | Callable[[], RewardBackend] | RewardBackend
 
 _BOOTSTRAP_TS_FLAG = "_added_loss_mask_for_valid_episode_ts"
@@ -132,9 +134,8 @@ class LearnedRewardConnector(ConnectorV2):
         if isinstance(space, gym.spaces.Discrete):
             actions = actions.astype(np.int64).reshape(total)
         elif isinstance(space, gym.spaces.Box):
-            actions = actions.astype(np.float32)
-            if self.clip_actions:
-                actions = np.clip(actions, space.low, space.high).astype(np.float32)
+            actions = (model_actions(actions.astype(np.float32), space.low, space.high) if self.clip_actions
+                       else actions.astype(np.float32))
 
         t0 = time.perf_counter()
         rewards, version = self.backend.score(observations, actions)

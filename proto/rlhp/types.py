@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 
@@ -128,6 +129,19 @@ class Preference(IntEnum):
         except (KeyError, ValueError, TypeError):
             raise InvalidRequest(
                 f"answer {value!r} is not one of LEFT, RIGHT, EQUAL, INCOMPARABLE") from None
+
+
+def model_actions(actions: Any, low: Any = None, high: Any = None) -> np.ndarray:
+    """Actions as the reward model takes them, decided in one place for the actors (segments), the
+    learner connector and the diagnostics: int64 for discrete actions; float32 for continuous ones,
+    clipped to [`low`, `high`] when given (the action the env applied, whatever the policy sampled)."""
+    a = np.asarray(actions)
+    if a.dtype.kind in "iub":
+        return a.astype(np.int64)
+    a = a.astype(np.float32)
+    if low is not None and high is not None:
+        a = np.clip(a, low, high).astype(np.float32)
+    return a
 
 
 def check_finite(arr: np.ndarray, name: str) -> None:
