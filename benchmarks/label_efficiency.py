@@ -243,14 +243,15 @@ def mujoco_table(runs: list[dict]) -> str:
     for task in sorted({r["task"] for r in runs}):
         mine = [r for r in runs if r["task"] == task]
         # one row per arm and step budget: runs of different budgets are not averaged together
-        groups = sorted({(r["arm"], _budget(r)) for r in mine}, key=lambda g: (g[1], g[0] != "true", g[0]))
+        groups = sorted({(r["arm"], _budget(r)) for r in mine},
+                        key=lambda g: (g[1], _suffix(g[0]), not _is_true(g[0]), g[0]))
         for arm, budget in groups:
             rr = [r for r in mine if r["arm"] == arm and _budget(r) == budget]
             true = [r for r in mine if r["arm"] == _reference(arm, mine) and _budget(r) == budget]
             finals = [final(r["rows"]) for r in rr]
             steps = min(r["rows"][-1]["env_steps"] for r in rr)
             pct = "–"
-            start = [r["rows"][0]["true_return"] for r in (true or rr) if r["rows"]]
+            start = [r["rows"][0]["true_return"] for r in (rr if _is_true(arm) else true or rr) if r["rows"]]
             start = [v for v in start if not math.isnan(v)]
             base = sum(start) / len(start) if start else math.nan
             if not _is_true(arm) and true and not math.isnan(base):
