@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
+
+from rlhp.signals import StopFlag
 
 from .config import QueryConfig
 
@@ -119,19 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     core.start()
     (run_dir / ADDRESS_FILE).write_text(server.address + "\n")
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:  # noqa: ARG001
-        log.info("signal %d: shutting down", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopFlag()  # not threading.Event: its set() can deadlock in a signal handler
+    stop.set_on_signals()
     log.info("query service listening on %s (run dir %s, reward %s); producer token in %s",
              server.address, run_dir, args.reward_address or "none", run_dir / PRODUCER_TOKEN_FILE)
     print(f"query service listening on {server.address}", flush=True)
     while not stop.wait(1.0):
         pass
+    log.info("%s: shutting down", stop.reason)
     server.stop(2.0)
     core.close()
     log.info("query service stopped")

@@ -23,7 +23,6 @@ import argparse
 import logging
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from rlhp.signals import StopFlag
 from rlhp.wire import FailedPrecondition, Preference, Unauthenticated
 
 log = logging.getLogger("rlhp.teacher")
@@ -81,7 +81,7 @@ class SyntheticTeacher:
         return choice
 
 
-def run_teacher(client: Any, teacher: SyntheticTeacher, stop_event: threading.Event,
+def run_teacher(client: Any, teacher: SyntheticTeacher, stop_event: threading.Event | StopFlag,
                 max_labels: int | None = None, experiments: Sequence[str] = (), poll_seconds: float = 0.2,
                 on_wait: Any = None) -> int:
     """Lease → answer → submit until `stop_event` is set or `max_labels` labels were accepted.
@@ -177,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
     root = open(args.root_cert, "rb").read() if args.root_cert else None
     client = QueryClient(args.server, token, root_cert=root)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop = StopFlag()  # not threading.Event: its set() can deadlock in a signal handler
+    stop.set_on_signals()
     exps = [e for e in args.experiments.split(",") if e]
     try:
         n = run_teacher(client, teacher, stop, args.max_labels, exps)

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rlhp import wire
+from rlhp.signals import StopFlag
 
 log = logging.getLogger("rlhp.reward_service")
 
@@ -194,14 +194,8 @@ def run_service(args: argparse.Namespace) -> int:
         server = serve(model, host=args.host, port=args.port, max_workers=args.max_workers)
     except (OSError, RuntimeError) as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e}") from None
-    stop = threading.Event()
-    received: list[str] = []
-
-    def on_signal(signum, frame):  # noqa: ARG001
-        received.append(signal.Signals(signum).name)
-        stop.set()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    stop = StopFlag()  # not threading.Event: its set() can deadlock in a signal handler
+    previous = stop.set_on_signals()
     if args.port_file:
         with open(args.port_file + ".tmp", "w") as f:
             f.write(f"{server.port}\n")
@@ -216,7 +210,7 @@ def run_service(args: argparse.Namespace) -> int:
         while not stop.wait(timeout=every or None):
             _checkpoint(model, "periodic")
     finally:
-        log.info("stopping (%s)", ", ".join(received) or "exit")
+        log.info("stopping (%s)", stop.reason or "exit")
         server.stop(grace=5.0)
         if not args.no_train:
             model.stop()
