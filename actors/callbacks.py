@@ -59,8 +59,6 @@ class SegmentOptions:
     """Segments waiting to be sent per env runner; more are dropped (never blocks sampling)."""
     batch_size: int = 16
     """Segments per `add_segments` call."""
-    random_policy_steps: int = 0
-    """Segments that start before this (estimated, global) env step are marked `random_policy`."""
     seed: int | None = None
     """Seed for choosing windows (combined with the env runner's index)."""
     streamer_factory: Callable[[], Any] | None = None
@@ -77,18 +75,6 @@ class SegmentOptions:
         return cls(**{k: v for k, v in raw.items() if k in names})
 
 
-def set_random_policy(env_runner: Any, flag: bool) -> None:
-    """Mark the segments this env runner cuts from now on as coming from a random policy.
-
-    Use with ``algo.env_runner_group.foreach_env_runner(lambda r: set_random_policy(r, True))``.
-    """
-    for cb in getattr(env_runner, "_callbacks", None) or []:
-        if isinstance(cb, SegmentCallbacks):
-            cb.random_policy = bool(flag)
-            if cb._cutter is not None:
-                cb._cutter.random_policy = bool(flag)
-
-
 class SegmentCallbacks(RLlibCallback):
     """Cuts segments on the env runners and streams them to the query service (see module doc)."""
 
@@ -102,7 +88,6 @@ class SegmentCallbacks(RLlibCallback):
         self._cut_enabled = False
         self._steps = 0  # env steps seen by this env runner
         self._runners = 1
-        self.random_policy: bool | None = None
         self._logged = {"cut": 0, "sent": 0, "dropped": 0}
 
     # -- setup (inside the env-runner process) -----------------------------------------------
@@ -143,12 +128,6 @@ class SegmentCallbacks(RLlibCallback):
                                                  batch_size=opts.batch_size)
         self._streamer.put([record])
 
-    def _random_policy_now(self) -> bool:
-        if self.random_policy is not None:
-            return self.random_policy
-        assert self._opts is not None
-        return self._global_step() < self._opts.random_policy_steps
-
     # -- RLlib hooks ---------------------------------------------------------------------------
 
     def on_episode_start(self, *, episode, env_runner=None, metrics_logger=None, env=None, env_index=0,
@@ -169,7 +148,6 @@ class SegmentCallbacks(RLlibCallback):
             track = self._tracks[env_index] = self._cutter.start(episode.get_observations(-2),
                                                                  episode.get_infos(-2),
                                                                  env_step=self._global_step())
-        self._cutter.random_policy = self._random_policy_now()
         rec = track.step(episode.get_actions(-1), episode.get_observations(-1), episode.get_infos(-1),
                          env_step=self._global_step() - self._runners)
         if rec is not None:

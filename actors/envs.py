@@ -252,11 +252,36 @@ class MujocoStateInfo(gym.Wrapper):
 FIXED_LENGTH_MUJOCO = ("Hopper", "Walker2d", "Ant", "Humanoid", "HumanoidStandup")
 
 
-def make_mujoco(env_id: str, **kwargs: Any) -> gym.Env:
+class UnhealthyPenalty(gym.Wrapper):
+    """Subtracts `penalty` from the env reward at every step the body is unhealthy (fallen): the
+    paper's replacement for early termination, which keeps episodes at a fixed length but still
+    says "stay in the healthy range". Without it a fallen hopper loses only the healthy bonus
+    (1 per step) and can gain more by crawling forward on the ground."""
+
+    def __init__(self, env: gym.Env, penalty: float):
+        super().__init__(env)
+        if not hasattr(env.unwrapped, "is_healthy"):
+            raise ValueError(f"{env.spec.id if env.spec else env}: unhealthy_penalty needs an env with is_healthy")
+        self.penalty = float(penalty)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if not self.env.unwrapped.is_healthy:
+            reward = float(reward) - self.penalty
+        return obs, reward, terminated, truncated, info
+
+
+def make_mujoco(env_id: str, unhealthy_penalty: float = 0.0, **kwargs: Any) -> gym.Env:
+    """A MuJoCo env for rlhp: fixed-length episodes for the locomotion envs of
+    `FIXED_LENGTH_MUJOCO`, physics state in the info, the env reward moved to the info.
+    `unhealthy_penalty` > 0 subtracts that much per unhealthy step (`UnhealthyPenalty`)."""
     name = env_id.split("/")[-1].split("-")[0]
     if name in FIXED_LENGTH_MUJOCO and name != "HumanoidStandup":
         kwargs.setdefault("terminate_when_unhealthy", False)
-    env = MujocoStateInfo(gym.make(env_id, **kwargs))
+    env: gym.Env = gym.make(env_id, **kwargs)
+    if unhealthy_penalty:
+        env = UnhealthyPenalty(env, unhealthy_penalty)
+    env = MujocoStateInfo(env)
     return TrueRewardToInfo(env, fps=1.0 / float(env.unwrapped.dt))
 
 
@@ -350,7 +375,9 @@ def make_env(env_id: str, **opts: Any) -> gym.Env:
 
 
 def default_segment_length(env_id: str, seconds: float = 1.5) -> int:
-    """Paper: 25 steps on Atari; ~1.5 s of simulated time on MuJoCo, kept within 15–60 steps.
+    """Paper: 25 steps on Atari; ~1.5 s of simulated time on MuJoCo, kept within 15–60 steps and
+    within the env's episode length (Reacher's episodes are 50 steps: a longer window would never
+    fit, and segments never span two episodes).
 
     Other envs: 25 steps.
     """
@@ -366,8 +393,17 @@ def default_segment_length(env_id: str, seconds: float = 1.5) -> int:
                 fps = env.fps  # type: ignore[attr-defined]
             finally:
                 env.close()
-        return int(min(60, max(15, round(seconds * fps))))
+        length = int(min(60, max(15, round(seconds * fps))))
+        horizon = _max_episode_steps(env_id)
+        return min(length, horizon) if horizon else length
     return 25
+
+
+def _max_episode_steps(env_id: str) -> int | None:
+    try:
+        return gym.spec(env_id).max_episode_steps
+    except gym.error.Error:
+        return None
 
 
 def rllib_env_creator(env_config: dict) -> gym.Env:

@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from query_service.types import SegmentRecord
+from rlhp.types import model_actions
 
 logger = logging.getLogger(__name__)
 
@@ -192,13 +193,7 @@ class SegmentCutter:
     # -- records -----------------------------------------------------------------------------
 
     def _actions(self, actions: list) -> np.ndarray:
-        a = np.asarray(actions)
-        if a.dtype.kind in "iub":
-            return a.astype(np.int64)
-        a = a.astype(np.float32)
-        if self.action_low is not None and self.action_high is not None:
-            a = np.clip(a, self.action_low, self.action_high).astype(np.float32)
-        return a
+        return model_actions(actions, self.action_low, self.action_high)
 
     def _record(self, obs: list, act: list, rew: list, rgb: list, qpos: list, qvel: list, *,
                 env_step: int, fps: float) -> SegmentRecord:

@@ -37,6 +37,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,7 @@ def _trainer_run(cfg: Any, run_dir: Path, tag: str, quiet: bool) -> tuple[list[d
 
 
 def answer_counts(run_dir: Path) -> dict[str, int]:
-    from rlhp.wire import Preference
+    from rlhp.types import Preference
 
     with sqlite3.connect(run_dir / "labels.sqlite") as c:
         counts = dict(c.execute("SELECT answer, COUNT(*) FROM labels GROUP BY answer").fetchall())
@@ -118,23 +119,26 @@ def mujoco_config(env_id: str, steps: int, labels: int, seed: int, runs_dir: Pat
 
 
 def mujoco_rlhp(task: str, steps: int, labels: int, seed: int, runs_dir: Path, teacher: dict[str, float],
-                quiet: bool, sets: list[str] | None = None) -> dict:
+                quiet: bool, sets: list[str] | None = None, suffix: str = "") -> dict:
     from learner.diagnostics import reward_fit
 
-    name = f"{task}-l{labels}-s{seed}"
+    name = f"{task}-l{labels}{suffix}-n{steps}-s{seed}"
     cfg = mujoco_config(MUJOCO[task], steps, labels, seed, runs_dir, name, teacher, sets)
     rows, wall = _trainer_run(cfg, runs_dir / name, name, quiet)
     keep = ("env_steps", "true_return", "labels", "time_s", "steps_per_s", "segment_corr",
             "policy_corr", "step_corr", "predicted_return", "reward_val_accuracy")
-    fit = reward_fit(runs_dir / name, episodes=2)
-    return dict(task=task, arm=f"rlhp-{labels}", seed=seed, wall_s=wall, answers=answer_counts(runs_dir / name),
+    # Reacher: 50-step episodes, one segment each; 20 episodes give enough segments for a correlation
+    fit = reward_fit(runs_dir / name, episodes=20 if task == "reacher" else 2)
+    return dict(task=task, arm=f"rlhp-{labels}{suffix}", seed=seed, steps=steps, sets=list(sets or []), wall_s=wall, answers=answer_counts(runs_dir / name),
                 fit=fit, rows=[{k: r.get(k, math.nan) for k in keep} for r in rows])
 
 
-def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool) -> dict:
+def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool, sets: list[str] | None = None,
+                suffix: str = "") -> dict:
+    """PPO on the env reward with the rlhp arms' settings (and their `--set`, e.g. env options)."""
     from learner.algo import build_ppo_config
 
-    cfg = mujoco_config(MUJOCO[task], steps, 4, seed, runs_dir, f"{task}-true-s{seed}", {})
+    cfg = mujoco_config(MUJOCO[task], steps, 4, seed, runs_dir, f"{task}-true{suffix}-n{steps}-s{seed}", {}, sets)
     rl = cfg.rl
     learned = build_ppo_config(cfg.env.env_id, "127.0.0.1:1", algo=rl.algo, num_env_runners=rl.num_env_runners,
                                num_envs_per_env_runner=rl.num_envs_per_env_runner, num_learners=rl.num_learners,
@@ -156,7 +160,7 @@ def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool) -
                 print(f"  [{task} true seed {seed}] {total:,} steps, true return {ret:.1f}", flush=True)
     finally:
         algo.stop()
-    return dict(task=task, arm="true", seed=seed, wall_s=time.time() - t0, rows=rows)
+    return dict(task=task, arm=f"true{suffix}", seed=seed, steps=steps, wall_s=time.time() - t0, rows=rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,30 +209,71 @@ def _at(rows: list[dict], steps: float) -> float:
     return float(np.interp(steps, x[ok], y[ok]))
 
 
+def _is_true(arm: str) -> bool:
+    return arm == "true" or arm.startswith("true-")
+
+
+def _suffix(arm: str) -> str:
+    """`rlhp-700-beta1` → `beta1`, `true-pen2` → `pen2`, `rlhp-700`/`true` → ``."""
+    return arm[5:] if arm.startswith("true-") else (arm.split("-", 2)[2] if arm.count("-") >= 2 else "")
+
+
+def _reference(arm: str, runs: list[dict]) -> str:
+    """The true-reward arm an rlhp arm is scored against: `true-<suffix>` when the rlhp arm's
+    suffix also changed the true arm (a `--set`, e.g. an env option), else plain `true`."""
+    parts = arm.split("-", 2)  # rlhp-700[-suffix]
+    if len(parts) == 3 and any(r["arm"] == f"true-{parts[2]}" for r in runs):
+        return f"true-{parts[2]}"
+    return "true"
+
+
+def _budget(run: dict) -> int:
+    """A run's env-step budget (older results without one: its last row's steps)."""
+    return int(run.get("steps") or (run["rows"][-1]["env_steps"] if run["rows"] else 0))
+
+
 def mujoco_table(runs: list[dict]) -> str:
-    lines = ["| task | arm | seeds | env steps | final true return (mean, min–max) | % of true-reward PPO | "
-             "labels | corr, policy segments | wall s / run |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    # The score of an rlhp arm: its gain over the untrained policy as a share of the true-reward
+    # arm's gain, 100·(R_rlhp − R_0)/(R_true − R_0), R_0 = the true arm's first-iteration return.
+    # A plain ratio R_rlhp/R_true means nothing where returns are negative (HalfCheetah, Reacher).
+    lines = ["| task | arm | seeds | env steps | final true return (mean, min–max) | initial | "
+             "% of true-reward PPO's gain | labels | corr, policy segments | wall s / run |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    pcts: dict[str, dict[str, float]] = {}  # arm -> task -> % of true-reward PPO
     for task in sorted({r["task"] for r in runs}):
         mine = [r for r in runs if r["task"] == task]
-        true = [r for r in mine if r["arm"] == "true"]
-        for arm in sorted({r["arm"] for r in mine}, key=lambda a: (a != "true", a)):
-            rr = [r for r in mine if r["arm"] == arm]
+        # one row per arm and step budget: runs of different budgets are not averaged together
+        groups = sorted({(r["arm"], _budget(r)) for r in mine},
+                        key=lambda g: (g[1], _suffix(g[0]), not _is_true(g[0]), g[0]))
+        for arm, budget in groups:
+            rr = [r for r in mine if r["arm"] == arm and _budget(r) == budget]
+            true = [r for r in mine if r["arm"] == _reference(arm, mine) and _budget(r) == budget]
             finals = [final(r["rows"]) for r in rr]
             steps = min(r["rows"][-1]["env_steps"] for r in rr)
             pct = "–"
-            if arm != "true" and true:
-                # the true arm's final-window mean at this arm's steps, seed by seed where both exist
-                ref = [_at(t["rows"], steps) for t in true]
+            start = [r["rows"][0]["true_return"] for r in (rr if _is_true(arm) else true or rr) if r["rows"]]
+            start = [v for v in start if not math.isnan(v)]
+            base = sum(start) / len(start) if start else math.nan
+            if not _is_true(arm) and true and not math.isnan(base):
+                # the true arm's final-window mean up to this arm's steps, over its seeds
+                ref = [final([x for x in t["rows"] if x["env_steps"] <= steps]) for t in true]
                 ref = [v for v in ref if not math.isnan(v)]
-                if ref:
-                    pct = f"{100 * (sum(finals) / len(finals)) / (sum(ref) / len(ref)):.0f}%"
-            labels = "–" if arm == "true" else f"{sum(r['rows'][-1]['labels'] for r in rr) / len(rr):.0f}"
+                if ref and sum(ref) / len(ref) > base:
+                    value = 100 * (sum(finals) / len(finals) - base) / (sum(ref) / len(ref) - base)
+                    pct = f"{value:.0f}%"
+                    pcts.setdefault(arm, {})[task] = value
+            labels = "–" if _is_true(arm) else f"{sum(r['rows'][-1]['labels'] for r in rr) / len(rr):.0f}"
             corr = [r.get("fit", {}).get("policy_corr") for r in rr if r.get("fit")]
             corr = [c for c in corr if c is not None and not math.isnan(c)]
             lines.append(f"| {task} | {arm} | {len(rr)} | {steps:,.0f} | {sum(finals) / len(finals):.1f} "
-                         f"({min(finals):.1f}–{max(finals):.1f}) | {pct} | {labels} | "
+                         f"({min(finals):.1f}–{max(finals):.1f}) | {_num(base, '.1f')} | {pct} | {labels} | "
                          f"{_num(sum(corr) / len(corr)) if corr else '–'} | "
                          f"{sum(r['wall_s'] for r in rr) / len(rr):.0f} |")
+    tasks = sorted({r["task"] for r in runs})
+    for arm in sorted(pcts, key=lambda a: (len(a), a)):
+        got = pcts[arm]
+        lines.append(f"\n**{arm}**: mean over {len(got)} of {len(tasks)} tasks "
+                     f"({', '.join(sorted(got))}): **{sum(got.values()) / len(got):.0f}%** of true-reward PPO's gain.")
     return "\n".join(lines)
 
 
@@ -245,11 +290,14 @@ def plot_task(task: str, runs: list[dict], path: Path) -> None:
         rr = [r["rows"] for r in runs if r["arm"] == arm and r["rows"]]
         grid = np.linspace(0, min(r[-1]["env_steps"] for r in rr), 100)
         ys = np.array([[_at(r, g) if g >= r[0]["env_steps"] else np.nan for g in grid] for r in rr])
-        label = "PPO, true reward" if arm == "true" else f"rlhp, {arm.split('-', 1)[1]} labels"
-        line, = ax.plot(grid, np.nanmean(ys, 0), label=f"{label} ({len(rr)} seeds)",
+        label = (f"PPO, true reward{arm[4:]}" if _is_true(arm) else f"rlhp, {arm.split('-', 1)[1]} labels")
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # grid points before a run's first iteration
+            mean, low, high = np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+        line, = ax.plot(grid, mean, label=f"{label} ({len(rr)} seeds)",
                         color="black" if arm == "true" else None)
         if len(rr) > 1:
-            ax.fill_between(grid, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.15)
+            ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("env steps")
     ax.set_ylabel("true episode return (training episodes)")
     ax.set_title(f"{MUJOCO.get(task, task)}: learned reward vs true reward")
@@ -317,8 +365,10 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = json.loads(results_path.read_text()) if results_path.exists() else []
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(tempfile.mkdtemp(prefix="rlhp_label_eff_"))
 
-    def done(task: str, arm: str, seed: int) -> bool:
-        return any(r["task"] == task and r["arm"] == arm and r["seed"] == seed for r in results)
+    def done(task: str, arm: str, seed: int, steps: int | None = None) -> bool:
+        # A MuJoCo run counts only at the same step budget (a shorter earlier run is not this one).
+        return any(r["task"] == task and r["arm"] == arm and r["seed"] == seed
+                   and (steps is None or r.get("steps") == steps) for r in results)
 
     def save(run: dict) -> None:
         results.append(run)
@@ -344,18 +394,21 @@ def main(argv: list[str] | None = None) -> int:
             steps = args.steps or DEFAULT_STEPS[task]
             arms = [a.strip() for a in args.arms.split(",")]
             for seed in seeds:
-                if "true" in arms and not done(task, "true", seed):
-                    save(mujoco_true(task, steps, seed, runs_dir, args.quiet))
-                    print(f"{task} true seed {seed}: final {final(results[-1]['rows']):.1f}", flush=True)
+                # a --set (env options, RL settings) applies to the true-reward arm too, under its own
+                # name; a teacher knob alone does not change it
+                true_arm = f"true{suffix}" if args.set else "true"
+                if "true" in arms and not done(task, true_arm, seed, steps):
+                    save(mujoco_true(task, steps, seed, runs_dir, args.quiet, args.set,
+                                     suffix if args.set else ""))
+                    print(f"{task} {true_arm} seed {seed}: final {final(results[-1]['rows']):.1f}", flush=True)
                 if "rlhp" not in arms:
                     continue
                 for labels in [int(x) for x in args.labels.split(",")]:
                     arm = f"rlhp-{labels}{suffix}"
-                    if done(task, arm, seed):
+                    if done(task, arm, seed, steps):
                         continue
-                    run = mujoco_rlhp(task, steps, labels, seed, runs_dir, teacher, args.quiet, args.set)
-                    run["arm"] = arm
-                    save(run)
+                    save(mujoco_rlhp(task, steps, labels, seed, runs_dir, teacher, args.quiet, args.set, suffix))
+                    run = results[-1]
                     print(f"{task} {arm} seed {seed}: final {final(run['rows']):.1f}", flush=True)
     finally:
         ray.shutdown()
@@ -366,13 +419,26 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
         if args.write_doc:
             write_doc("cartpole", text)
-    muj = [r for r in results if r["task"] != "cartpole"]
+    # runs judged by another goal (teacher.goal) have no true-reward arm to compare with
+    muj = [r for r in results if r["task"] != "cartpole"
+           and not any(x.startswith("teacher.goal=") for x in r.get("sets", []))]
     if muj:
+        pngs = []
         for task in sorted({r["task"] for r in muj}):
-            plot_task(task, [r for r in muj if r["task"] == task], out / f"{task}.png")
+            mine = [r for r in muj if r["task"] == task]
+            budget = max(_budget(r) for r in mine)  # the curves of the longest budget run for the task
+            mine = [r for r in mine if _budget(r) == budget]
+            # one figure per arm suffix (a --set or a teacher knob), with the true arm it is scored against
+            for sfx in sorted({_suffix(r["arm"]) for r in mine}):
+                arms = {r["arm"] for r in mine if _suffix(r["arm"]) == sfx and not _is_true(r["arm"])}
+                refs = {_reference(a, mine) for a in arms} or ({f"true-{sfx}"} if sfx else {"true"})
+                group = [r for r in mine if r["arm"] in arms | refs]
+                if group:
+                    name = f"{task}-{sfx}" if sfx else task
+                    plot_task(task, group, out / f"{name}.png")
+                    pngs.append(name)
         text = mujoco_table(muj)
-        text += "\n\n" + "\n".join(f"![{t}]({os.path.relpath(out / f'{t}.png', DOC.parent)})"
-                                   for t in sorted({r["task"] for r in muj}))
+        text += "\n\n" + "\n".join(f"![{n}]({os.path.relpath(out / f'{n}.png', DOC.parent)})" for n in pngs)
         print(text)
         if args.write_doc:
             write_doc("mujoco", text)

@@ -146,7 +146,7 @@ class Service:
 def start_services(env_id: str, workdir: Path, disagreement: bool, threads: int = 1
                    ) -> tuple[list[Service], str, str, str]:
     from actors.envs import make_env
-    from rlhp.wire import Space
+    from rlhp.types import Space
 
     env = make_env(env_id)
     space = Space.from_gym(env.observation_space, env.action_space).to_string()

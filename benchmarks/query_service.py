@@ -39,7 +39,7 @@ from query_service.core import QueryService  # noqa: E402
 from query_service.server import serve  # noqa: E402
 from query_service.testing import synthetic_atari_frames  # noqa: E402
 from query_service.types import SegmentRecord  # noqa: E402
-from rlhp.wire import Preference  # noqa: E402
+from rlhp.types import Preference  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",

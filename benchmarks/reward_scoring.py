@@ -25,7 +25,7 @@ import warnings
 import numpy as np
 import torch
 
-from rlhp.wire import Space
+from rlhp.types import Space
 from reward_service.client import RewardClient
 from reward_service.config import RewardConfig
 from reward_service.core import RewardModel

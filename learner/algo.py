@@ -9,8 +9,8 @@
 - learner: `learner.reward_connector.LearnedRewardConnector` via ``.learners(learner_connector=...)``
   (RLlib 2.60 deprecates the ``.training(learner_connector=...)`` spelling):
   one batched `score` call per train batch, before GAE / v-trace;
-- presets: hyper-parameters for classic control (CartPole, fast), MuJoCo and Atari (PPO, or APPO for
-  many-worker Atari). Atari observations are (4, 84, 84) uint8 (channels first, as the reward model
+- presets: RLlib hyper-parameters of the env family (`learner.presets`: classic control, MuJoCo,
+  Atari with PPO, or APPO for many-worker Atari). Atari observations are (4, 84, 84) uint8 (channels first, as the reward model
   sees them); `ImagePPOTorchRLModule` / `ImageAPPOTorchRLModule` transpose them to channels last and
   scale them to [0, 1] for RLlib's default CNN.
 """
@@ -31,7 +31,8 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
 from actors.callbacks import ENV_CONFIG_KEY, SegmentCallbacks, SegmentOptions
-from actors.envs import RLlibEnv, default_segment_length, is_atari, is_mujoco
+from actors.envs import RLlibEnv, default_segment_length
+from learner.presets import MODEL_CONFIGS, RL_SETTINGS, preset_for
 from learner.reward_connector import BackendSpec, LearnedRewardBuilder
 
 # --------------------------------------------------------------------------------------------
@@ -89,45 +90,6 @@ class ImageAPPOTorchRLModule(_ImageObsMixin, DefaultAPPOTorchRLModule):
         return super().forward_target(self._prep(batch))
 
 
-# --------------------------------------------------------------------------------------------
-# Presets
-
-
-def preset_for(env_id: str) -> str:
-    if is_atari(env_id):
-        return "atari"
-    if is_mujoco(env_id):
-        return "mujoco"
-    return "classic"
-
-
-PRESETS: dict[str, dict[str, Any]] = {
-    # CartPole-sized tasks. Measured: with a perfect (normalised) reward on FixedCartPole the
-    # true return reaches 200/200 after ~13k env steps (lr 3e-4, batch 2000 needed > 24k).
-    "classic": dict(lr=1e-3, gamma=0.99, lambda_=0.95, train_batch_size_per_learner=1000,
-                    minibatch_size=64, num_epochs=10, clip_param=0.2, vf_loss_coeff=0.5,
-                    vf_clip_param=1e4, entropy_coeff=0.0, use_kl_loss=False),
-    # MuJoCo locomotion (the usual PPO settings; learned rewards are normalised to std 1).
-    "mujoco": dict(lr=3e-4, gamma=0.99, lambda_=0.95, train_batch_size_per_learner=2048,
-                   minibatch_size=64, num_epochs=10, clip_param=0.2, vf_loss_coeff=0.5,
-                   vf_clip_param=1e4, entropy_coeff=0.0, grad_clip=0.5, use_kl_loss=False),
-    # Atari (PPO paper settings; learned rewards are normalised to std 0.05).
-    "atari": dict(lr=2.5e-4, gamma=0.99, lambda_=0.95, minibatch_size=256, num_epochs=4,
-                  clip_param=0.1, vf_loss_coeff=0.5, vf_clip_param=1e4, entropy_coeff=0.01,
-                  grad_clip=0.5, use_kl_loss=False),
-    # Many-worker Atari with APPO (IMPALA-style v-trace).
-    "atari_appo": dict(lr=5e-4, gamma=0.99, train_batch_size_per_learner=500, vf_loss_coeff=0.5,
-                       entropy_coeff=0.01, grad_clip=40.0, clip_param=0.4, use_kl_loss=False),
-}
-
-MODEL_CONFIGS: dict[str, dict[str, Any]] = {
-    "classic": dict(fcnet_hiddens=[64, 64], fcnet_activation="tanh", vf_share_layers=False),
-    "mujoco": dict(fcnet_hiddens=[64, 64], fcnet_activation="tanh", vf_share_layers=False),
-    # RLlib's default 84×84 CNN ([16,8,4], [32,4,2], [256,11,1]) and a shared encoder.
-    "atari": dict(conv_activation="relu", head_fcnet_hiddens=[256], vf_share_layers=True),
-}
-
-
 def _route(config: AlgorithmConfig, overrides: dict[str, Any]) -> None:
     """Send each override to the config method that takes it (training, env_runners, learners…)."""
     methods = ("training", "env_runners", "learners", "evaluation", "reporting", "debugging",
@@ -163,7 +125,6 @@ def build_ppo_config(
     segment_fraction: float = 0.1,
     query_address: str | None = None,
     query_token: str = "",
-    random_policy_steps: int = 0,
     streamer_factory: Callable[[], Any] | None = None,
     seed: int | None = None,
     preset: str | None = None,
@@ -183,7 +144,7 @@ def build_ppo_config(
         num_env_runners, num_envs_per_env_runner, num_learners: RLlib's scaling knobs.
         env_opts: options for `actors.envs.make_env`.
         experiment, segment_length, segment_fraction, query_address, query_token,
-            random_policy_steps, streamer_factory: see `actors.callbacks.SegmentOptions`
+            streamer_factory: see `actors.callbacks.SegmentOptions`
             (segment_length defaults to `actors.envs.default_segment_length`).
         seed: RLlib's seed (env runners and learner).
         preset: ``classic``/``mujoco``/``atari`` hyper-parameters (default: from the env id).
@@ -206,7 +167,7 @@ def build_ppo_config(
     opts = SegmentOptions(
         experiment=experiment, env_id=env_id,
         length=int(segment_length or default_segment_length(env_id)), fraction=float(segment_fraction),
-        query_address=query_address, token=query_token, random_policy_steps=int(random_policy_steps),
+        query_address=query_address, token=query_token,
         seed=seed, streamer_factory=streamer_factory)
     env_config = {"env_id": env_id, "env_opts": dict(env_opts or {}), ENV_CONFIG_KEY: opts.to_env_config()}
 
@@ -218,7 +179,7 @@ def build_ppo_config(
     config.learners(learner_connector=LearnedRewardBuilder(reward_address_or_factory,
                                                            extra=extra_learner_connectors))
 
-    hyper = dict(PRESETS["atari_appo" if (image and algo == "appo") else preset])
+    hyper = dict(RL_SETTINGS["atari_appo" if (image and algo == "appo") else preset])
     if algo == "appo":
         for k in ("lambda_", "num_epochs", "minibatch_size", "vf_clip_param"):
             hyper.pop(k, None)

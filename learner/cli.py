@@ -4,10 +4,11 @@ exposes `main(argv) -> int`; they are imported lazily so `rlhp --help` is instan
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 COMMANDS = {
-    "train": ("learner.train", "train an agent from preferences only (services, teacher, RLlib)"),
+    "train": ("learner.train_cli", "train an agent from preferences only (services, teacher, RLlib)"),
     "evaluate": ("learner.evaluate", "report the true return of a saved policy, optionally with a video"),
     "plot": ("learner.plot", "draw learning curves of a run directory (PNG)"),
     "status": ("learner.status", "print the live table of a run's (or a cluster's) experiments"),
@@ -35,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"rlhp: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    # gRPC's C core logs at INFO by default ("fork_posix.cc ... skipping fork() handlers" each time
+    # Ray forks): the terminal is for people. Read when grpc loads, so set before any import.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

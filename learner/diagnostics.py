@@ -8,7 +8,8 @@ behaviour wrongly, which is exactly what the policy then exploits. So we report 
 - ``policy_corr``: the same over the current policy's segments only (what RL optimises);
 - ``step_corr``: per-step corr(r̂(o_t, a_t), r_t) over the transitions of those policy segments.
 
-`segment_metrics` computes them from the query service's store (one batched `score` call);
+`segment_metrics` computes them from the query service's segments (asked through its methods
+`recent_segment_ids` and `load_segments`, never its tables; one batched `score` call);
 `reward_fit` rolls out a finished run's saved policy and a random policy and compares per step
 (benchmarks, post-mortems).
 """
@@ -21,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from rlhp.types import model_actions
+
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation; NaN when it is undefined (fewer than 3 points or a constant side)."""
@@ -30,21 +33,16 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
-def _recent_ids(store: Any, experiment: str, n: int, policy_only: bool) -> list[str]:
-    where = " AND random_policy=0" if policy_only else ""
-    with store.read() as c:
-        return [r[0] for r in c.execute(
-            f"SELECT id FROM segments WHERE experiment=?{where} ORDER BY seq DESC LIMIT ?", (experiment, n))]
-
-
-def segment_metrics(store: Any, experiment: str, backend: Any, n: int = 100) -> dict[str, float]:
+def segment_metrics(segments: Any, experiment: str, backend: Any, n: int = 100) -> dict[str, float]:
     """Mean predicted segment return and the three correlations of the module docstring over the
-    `n` most recent segments (and the `n` most recent policy segments) of an experiment."""
+    `n` most recent segments (and the `n` most recent policy segments) of an experiment.
+
+    `segments` is the query service core (`query_service.core.QueryService`); `backend` scores."""
     nan = dict(predicted_return=math.nan, segment_corr=math.nan, policy_corr=math.nan, step_corr=math.nan)
-    recent = _recent_ids(store, experiment, n, policy_only=False)
-    policy = _recent_ids(store, experiment, n, policy_only=True)
+    recent = segments.recent_segment_ids(experiment, n, policy_only=False)
+    policy = segments.recent_segment_ids(experiment, n, policy_only=True)
     ids = list(dict.fromkeys(recent + policy))
-    segs = store.load_segments(experiment, ids)
+    segs = segments.load_segments(experiment, ids)
     ids = [i for i in ids if i in segs]
     if not ids:
         return nan
@@ -102,7 +100,7 @@ def reward_fit(run_dir: str | Path, episodes: int = 4, seed: int = 777) -> dict[
                     a = greedy_action(module, obs, env.action_space) if name == "policy" else env.action_space.sample()
                     nxt, _, term, trunc, info = env.step(a)
                     o_ep.append(np.asarray(obs, dtype=np.float32))
-                    a_ep.append(np.clip(a, getattr(env.action_space, "low", a), getattr(env.action_space, "high", a)))
+                    a_ep.append(a)
                     r_ep.append(float(info["true_reward"]))
                     obs, done = nxt, term or trunc
                 starts += [len(obs_l) + s for s in range(0, len(o_ep) - length + 1, length)]
@@ -110,8 +108,8 @@ def reward_fit(run_dir: str | Path, episodes: int = 4, seed: int = 777) -> dict[
                 act_l += a_ep
                 rew_l += r_ep
             o = np.stack(obs_l)
-            a = np.asarray(act_l)
-            a = a.astype(np.int64) if a.dtype.kind in "iu" else a.astype(np.float32)
+            a = model_actions(np.asarray(act_l), getattr(env.action_space, "low", None),
+                              getattr(env.action_space, "high", None))
             pred, _ = model.score(o, a)
             true = np.asarray(rew_l)
             for s in starts:  # non-overlapping windows within each episode, as the actors cut them

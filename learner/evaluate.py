@@ -18,7 +18,7 @@ import numpy as np
 def load_module(run_dir: Path):
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    from learner.train import policy_dir
+    from learner.runs import policy_dir
 
     policy = policy_dir(run_dir)
     if policy is None:

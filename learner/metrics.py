@@ -6,14 +6,13 @@ from __future__ import annotations
 import csv
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Mapping
 
 COLUMNS = (
     "iteration", "time_s", "env_steps", "steps_per_s", "true_return", "predicted_return",
     "segment_corr", "labels", "labels_wanted", "label_rate", "queries_pending",
-    "reward_version", "reward_val_accuracy", "reward_val_loss", "disagreement",
+    "reward_version", "reward_val_accuracy", "reward_val_loss",
     "segments_sent", "segments_dropped", "policy_corr", "step_corr",
 )
 
@@ -58,8 +57,9 @@ class MetricsWriter:
 
 
 def _upgrade_header(path: Path) -> None:
-    """A run resumed by a newer version whose COLUMNS gained entries: rewrite its CSV with today's
-    header (old rows get empty cells), so appended rows line up with the header."""
+    """A run resumed by a version whose COLUMNS changed: rewrite its CSV with today's header (old
+    rows get empty cells for new columns and lose dropped ones, e.g. `disagreement`, which was
+    never filled), so appended rows line up with the header."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
         f.seek(0)
@@ -102,6 +102,3 @@ def read_csv(run_dir: str | Path) -> list[dict]:
             rows.append({k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()})
         return rows
 
-
-def elapsed_since(t0: float) -> float:
-    return time.time() - t0

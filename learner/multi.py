@@ -6,6 +6,7 @@ ONE query service and ONE labeler pool:
     runs/<group>/                      --name, or multi-<game>-<game>...
         multi.json                     the games of this group (what `--resume runs/<group>` reads)
         labels.sqlite                  the shared query service (embedded; or --query-address)
+        tokens/                        the group's own tokens (producers, teachers), kept on resume
         <game>/                        an ordinary run directory per game (config.yaml, policy/,
                                        reward/, metrics.csv, state.json) plus train.log
         tune/                          Ray Tune's own bookkeeping
@@ -39,7 +40,9 @@ from typing import Any, Callable
 
 from learner import configs, experiment
 from learner.experiment import ExperimentConfig
-from learner.train import Trainer, TrainError
+from learner.labelers import run_token, start_labelers
+from learner.runs import TrainError, token_dir
+from learner.train import Trainer
 
 log = logging.getLogger("rlhp.multi")
 
@@ -49,7 +52,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
-class Game:
+class GroupMember:
+    """One experiment of a many-games group: a game with its own policy and reward model."""
+
     name: str  # the experiment name in the shared query service
     cfg: ExperimentConfig
     run_dir: Path
@@ -76,7 +81,7 @@ def unique_names(env_ids: list[str]) -> list[str]:
     return names
 
 
-def plan(args: argparse.Namespace) -> tuple[Path, list[Game]]:
+def plan(args: argparse.Namespace) -> tuple[Path, list[GroupMember]]:
     """The group directory and its games: fresh from --env ..., or read back for --resume GROUP."""
     if args.resume:
         group = Path(args.resume)
@@ -89,7 +94,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[Game]]:
                 cfg = configs.apply(cfg, {"run": {"max_env_steps": args.steps},
                                           "query": {"total_env_steps": float(args.steps)}})
                 configs.save(cfg, run_dir / "config.yaml")
-            games.append(Game(entry["name"], cfg, run_dir.resolve()))
+            games.append(GroupMember(entry["name"], cfg, run_dir.resolve()))
         return group.resolve(), games
     envs = list(args.env)
     names = unique_names(envs)
@@ -109,7 +114,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[Game]]:
         cfg = replace(cfg, run=replace(cfg.run, seed=(args.seed if args.seed is not None else cfg.run.seed) + i))
         if cfg.query.initial > cfg.query.label_budget:
             cfg = replace(cfg, query=replace(cfg.query, initial_labels=cfg.query.label_budget))
-        games.append(Game(name, cfg, (group / name).resolve()))
+        games.append(GroupMember(name, cfg, (group / name).resolve()))
     for g in games:
         g.run_dir.mkdir(parents=True, exist_ok=True)
         configs.save(g.cfg, g.run_dir / "config.yaml")
@@ -177,7 +182,7 @@ def _trial(config: dict, shared: dict) -> None:
         logf.close()
 
 
-def _resources(games: dict[str, Game]) -> Callable[[dict], Any]:
+def _resources(games: dict[str, GroupMember]) -> Callable[[dict], Any]:
     """Per-trial placement group: the trial's process (learner, reward model) plus its env runners."""
     from ray import tune
 
@@ -218,7 +223,7 @@ def _status_callback(states: dict) -> Any:
 class MultiRunner:
     """Runs `games` at once on the Ray cluster with one shared query service and labeler pool."""
 
-    def __init__(self, games: list[Game], group_dir: Path, *, query_address: str | None = None,
+    def __init__(self, games: list[GroupMember], group_dir: Path, *, query_address: str | None = None,
                  query_token: str | None = None, ray_address: str | None = None, max_failures: int = 3,
                  table_every: float = 5.0, out: Callable[[str], None] | None = None,
                  fault: dict | None = None) -> None:
@@ -263,23 +268,24 @@ class MultiRunner:
             return {n: self.query_token for n in names}
         from query_service.core import QueryService
         from query_service.server import serve
+        from reward_service.client import RewardClient
 
         # The default config of the service; each game's learner reports its own label budget.
-        self.qcore = QueryService(self.group_dir, self.first.query, reward=None, seed=self.first.run.seed)
+        self.qcore = QueryService(self.group_dir, self.first.query, reward=None, seed=self.first.run.seed,
+                                  reward_factory=RewardClient)
         self.qcore.start()
         self.query_server = serve(self.qcore, host=self._host(), port=self.first.run.query_port)
         self.query_address = self.query_server.address
         self.say(f"query service at {self.query_address} (shared by {len(names)} games), "
                  f"labels in {self.group_dir / 'labels.sqlite'}")
-        return {n: self.qcore.create_token(f"actors-{n}", "producer", [n]) for n in names}
+        return {n: run_token(self.qcore, token_dir(self.group_dir), f"actors-{n}", "producer", [n])
+                for n in names}
 
     def start_labelers(self) -> None:
-        from learner.train import start_labelers
-
         names = list(self.games)
         self.labeler_token, threads = start_labelers(
             self.qcore, self.query_address, names, self.first.run.labelers, self.first.teacher,
-            self.first.run.seed, self._stop, self.say)
+            self.first.run.seed, self._stop, self.say, token_dir=token_dir(self.group_dir))
         self._threads.extend(threads)
         if threads:
             self.say(f"labelers: {len(threads)} synthetic teacher(s) answering all games")
@@ -293,18 +299,24 @@ class MultiRunner:
         backend = self.qcore.reward_for(name) if self.qcore is not None else None
         if backend is None or not self.qcore.reward_address(name):
             return math.nan
-        return segment_metrics(self.qcore.store, name, backend, n=n)["policy_corr"]
+        return segment_metrics(self.qcore, name, backend, n=n)["policy_corr"]
+
+    def refresh_corr(self) -> dict[str, float]:
+        """Score every game's recent segments now (`corr` of the table; NaN where unknown)."""
+        self._last_corr = time.time()
+        for name in self.games:
+            try:
+                self.corr[name] = self._segment_corr(name)
+            except Exception:  # noqa: BLE001 — a game's reward service may be restarting
+                self.corr[name] = math.nan
+        return dict(self.corr)
 
     def table(self) -> str:
+        """The live table; the correlations are refreshed at most every max(10 s, table_every)."""
         from learner.status import run_table
 
         if self.qcore is not None and time.time() - self._last_corr > max(10.0, self.table_every):
-            self._last_corr = time.time()
-            for name in self.games:
-                try:
-                    self.corr[name] = self._segment_corr(name)
-                except Exception:  # noqa: BLE001 — a game's reward service may be restarting
-                    self.corr[name] = math.nan
+            self.refresh_corr()
         lines = [run_table([g.run_dir for g in self.games.values()]), ""]
         parts = []
         for name in self.games:

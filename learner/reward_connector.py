@@ -54,9 +54,19 @@ from ray.rllib.core import ALL_MODULES, DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModule
 from ray.rllib.utils.typing import EpisodeType
 
+from rlhp.types import model_actions
+
 BackendSpec = Any  # str address | Callable[[], RewardBackend] | RewardBackend
 
 _BOOTSTRAP_TS_FLAG = "_added_loss_mask_for_valid_episode_ts"
+VERSION_METRIC = "learned_reward_model_version"
+
+
+def reward_version(result: dict) -> int:
+    """The reward-model version that scored the last train batch, from an `Algorithm.train()`
+    result (where `LearnedRewardConnector` logs it); 0 before any batch was scored."""
+    node = (result.get("learners") or {}).get(ALL_MODULES) or {}
+    return int(node.get(VERSION_METRIC, 0) or 0)
 
 
 def resolve_backend(spec: BackendSpec) -> Any:
@@ -124,9 +134,8 @@ class LearnedRewardConnector(ConnectorV2):
         if isinstance(space, gym.spaces.Discrete):
             actions = actions.astype(np.int64).reshape(total)
         elif isinstance(space, gym.spaces.Box):
-            actions = actions.astype(np.float32)
-            if self.clip_actions:
-                actions = np.clip(actions, space.low, space.high).astype(np.float32)
+            actions = (model_actions(actions.astype(np.float32), space.low, space.high) if self.clip_actions
+                       else actions.astype(np.float32))
 
         t0 = time.perf_counter()
         rewards, version = self.backend.score(observations, actions)
@@ -151,7 +160,7 @@ class LearnedRewardConnector(ConnectorV2):
                 ep.set_rewards(new_data=new)
 
         if metrics is not None:
-            metrics.log_value((ALL_MODULES, "learned_reward_model_version"), int(version), reduce="max",
+            metrics.log_value((ALL_MODULES, VERSION_METRIC), int(version), reduce="max",
                               window=1)
             metrics.log_value((ALL_MODULES, "learned_reward_mean"), float(rewards.mean()), window=1)
             metrics.log_value((ALL_MODULES, "learned_reward_std"), float(rewards.std()), window=1)

@@ -1,45 +1,35 @@
-"""`rlhp train`: train an agent from preferences only.
+"""`Trainer`: one run of `rlhp train` (its command line is `learner/train_cli.py`).
 
-One command runs the whole loop of DESIGN.md §1 on one machine: a local Ray cluster, the reward
+It runs the whole loop of `docs/architecture.md` on one machine: a local Ray cluster, the reward
 service and the query service on loopback ports (SQLite under `runs/<name>/`), the synthetic teacher
 (or humans through `rlhp label`), and RLlib PPO whose rewards are replaced by the learned reward.
 
 The schedule (paper §2.2): random-policy segments → initial comparisons → reward-model pretraining
 → RL on the learned reward, reporting env steps to the query service whose label schedule decays
 ∝ N₀/(T+N₀). The run stops at its step budget. Everything needed to resume lives in the run
-directory: `config.yaml`, `policy/` (RLlib checkpoint), `reward/reward_model.pt`,
-`labels.sqlite` (labels, queries, schedule position) and `state.json`.
+directory (`learner.runs`): `config.yaml`, `policy/` (RLlib checkpoint), `reward/reward_model.pt`,
+`labels.sqlite` (labels, queries, schedule position), `tokens/` (the run's own tokens) and
+`state.json`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 import os
-import sys
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
-from learner import configs, experiment
 from learner.experiment import ExperimentConfig
+from learner.labelers import run_token, start_labelers
 from learner.metrics import MetricsWriter
+from learner.runs import (TrainError, policy_dir, read_state, reattach_library_logs, save_policy_atomically,
+                         stop_on_signals, token_dir, write_state)
 
 log = logging.getLogger("rlhp.train")
-
-
-class TrainError(RuntimeError):
-    """A run cannot start or continue; the message says why and what to do."""
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _find(result: dict, *path: str, default: Any = math.nan) -> Any:
@@ -49,88 +39,6 @@ def _find(result: dict, *path: str, default: Any = math.nan) -> Any:
             return default
         node = node[key]
     return node
-
-
-def save_policy_atomically(algo: Any, path: Path) -> None:
-    """RLlib writes checkpoints in place; write beside, then swap, so a crash leaves a whole one."""
-    import shutil
-
-    new, old = path.with_name(path.name + ".new"), path.with_name(path.name + ".old")
-    shutil.rmtree(new, ignore_errors=True)
-    algo.save_to_path(str(new))
-    if path.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(path, old)
-    os.replace(new, path)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def policy_dir(run_dir: Path) -> Path | None:
-    """The newest complete policy checkpoint of a run (see `save_policy_atomically`)."""
-    for name in ("policy", "policy.old"):
-        if (Path(run_dir) / name / "rllib_checkpoint.json").exists():
-            return Path(run_dir) / name
-    return None
-
-
-def fresh_token(qcore: Any, name: str, role: str, experiments: list[str]) -> str:
-    """A new token under `name` (or `name-1`, ...: only hashes are stored, so a resumed run cannot
-    reuse an earlier token and makes a new one under a free name)."""
-    for suffix in range(1001):
-        candidate = name if suffix == 0 else f"{name}-{suffix}"
-        try:
-            return qcore.create_token(candidate, role, experiments)
-        except Exception:  # noqa: BLE001 — the name is taken by a token of an earlier run
-            if suffix == 1000:
-                raise
-    raise AssertionError("unreachable")
-
-
-def start_labelers(qcore: Any, query_address: str, experiments: list[str], labelers: str,
-                   teacher_cfg: Any, seed: int, stop: threading.Event, say: Callable[[str], None],
-                   teacher_factory: Callable[[int], Any] | None = None) -> tuple[str, list[threading.Thread]]:
-    """The labeler pool of a run: humans (a labeler token; the command to label is printed) or
-    synthetic teachers answering through the gRPC API in threads. Returns (labeler token, threads)."""
-    from query_service.client import QueryClient
-    from query_service.teacher import SyntheticTeacher, run_teacher
-
-    if labelers == "human":
-        if qcore is None:
-            say("labelers: humans, through the query service you gave (--query-address)")
-            return "", []
-        token = fresh_token(qcore, "human", "labeler", experiments)
-        say(f"Label at:  rlhp label --server {query_address} --token {token}")
-        say(f"(queries of {', '.join(experiments)}; more tokens: rlhp token create --run-dir "
-            f"<run dir> --name NAME)")
-        return token, []
-    if qcore is None:
-        raise TrainError("the synthetic teacher needs the embedded query service (it creates its "
-                         "token); with --query-address run `rlhp teacher` next to the service")
-    t = teacher_cfg
-    threads = []
-    for i in range(max(1, t.labelers)):
-        token = fresh_token(qcore, f"teacher-{i}", "teacher", experiments)
-        if teacher_factory is not None:
-            teacher = teacher_factory(i)
-        else:
-            teacher = SyntheticTeacher(beta=t.beta, mistake_prob=t.mistake_prob,
-                                       skip_threshold=max(0.0, t.skip_threshold),
-                                       equal_threshold=t.equal_threshold, gamma=t.gamma,
-                                       seed=seed * 1000 + i)
-        client = QueryClient(query_address, token)
-
-        def loop(client: Any = client, teacher: Any = teacher) -> None:
-            try:
-                run_teacher(client, teacher, stop, experiments=experiments, poll_seconds=0.1)
-            except Exception as e:  # noqa: BLE001 — the run says it waits for labels
-                log.error("synthetic teacher stopped: %s", e)
-            finally:
-                client.close()
-
-        th = threading.Thread(target=loop, name=f"teacher-{i}", daemon=True)
-        th.start()
-        threads.append(th)
-    return "", threads
 
 
 class Trainer:
@@ -180,7 +88,7 @@ class Trainer:
 
     def _space(self):
         from actors.envs import make_env
-        from rlhp.wire import Space
+        from rlhp.types import Space
 
         env = make_env(self.cfg.env.env_id, **self.cfg.env_options)
         try:
@@ -215,7 +123,8 @@ class Trainer:
         else:
             reward_backend = RewardClient(self.reward_address)
         if self.query_address is None:
-            self.qcore = QueryService(self.run_dir, self.cfg.query, reward=reward_backend)
+            self.qcore = QueryService(self.run_dir, self.cfg.query, reward=reward_backend,
+                                      reward_factory=RewardClient)
             self.qcore.start()
             self.query_server = serve_query(self.qcore, host=host, port=run.query_port)
             self.query_address = self.query_server.address
@@ -240,13 +149,14 @@ class Trainer:
                                       env_id=self.cfg.env.env_id, label_budget=self.cfg.query.label_budget)
 
     def _create_token(self, name: str, role: str) -> str:
+        """A token of this run, kept in its run directory: a resumed run reuses it."""
         assert self.qcore is not None
-        return fresh_token(self.qcore, name, role, [self.experiment])
+        return run_token(self.qcore, token_dir(self.run_dir), name, role, [self.experiment])
 
     def start_labelers(self) -> None:
         self.labeler_token, self._teachers = start_labelers(
             self.qcore, self.query_address, [self.experiment], self.cfg.run.labelers, self.cfg.teacher,
-            self.cfg.run.seed, self._stop, self.say, self.teacher_factory)
+            self.cfg.run.seed, self._stop, self.say, self.teacher_factory, token_dir=token_dir(self.run_dir))
 
     # ---- the initial phase: random-policy segments, initial labels, pretraining ------------
 
@@ -358,12 +268,17 @@ class Trainer:
 
         if ray.is_initialized():
             return
-        if self.ray_address:
-            ray.init(address=self.ray_address, log_to_driver=False)
-        else:
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                     num_cpus=max(2, self.cfg.rl.num_env_runners + 1), log_to_driver=False,
-                     configure_logging=True, logging_level=logging.WARNING)
+        try:
+            if self.ray_address:
+                ray.init(address=self.ray_address, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
+                         num_cpus=max(2, self.cfg.rl.num_env_runners + 1), log_to_driver=False,
+                         configure_logging=False)  # leave the loggers as the caller set them (rlhp train: a file)
+        except (RuntimeError, ConnectionError, TimeoutError) as e:
+            where = f"the Ray cluster at {self.ray_address}" if self.ray_address else "a local Ray instance"
+            raise TrainError(f"could not start {where}: {e} (a loaded machine can time out here: "
+                             f"run again, with --resume {self.run_dir} if the run had started)") from e
         self._owns_ray = True
 
     def build_algo(self) -> None:
@@ -392,9 +307,10 @@ class Trainer:
         if self.qcore is None or self.model is None:
             return dict(predicted_return=math.nan, segment_corr=math.nan, policy_corr=math.nan,
                         step_corr=math.nan)
-        return segment_metrics(self.qcore.store, self.experiment, self.model)
+        return segment_metrics(self.qcore, self.experiment, self.model)
 
     def _row(self, result: dict, dt: float, steps_before: int) -> dict:
+        from learner.reward_connector import reward_version
         from query_service.client import QueryClient
 
         client = QueryClient(self.query_address, self.producer_token)
@@ -416,11 +332,11 @@ class Trainer:
             policy_corr=fit["policy_corr"], step_corr=fit["step_corr"], labels=rows_labels, labels_wanted=p.labels_wanted,
             label_rate=(rows_labels - self._labels_before) / max(1, self.env_steps - steps_before),
             queries_pending=p.queries_pending,
-            reward_version=stats.model_version if stats else _find(result, "learners", "default_policy",
-                                                                    "reward_model_version", default=0),
+            # embedded: the model itself; a reward service elsewhere: the version the learner
+            # connector scored this iteration's batch with
+            reward_version=stats.model_version if stats else reward_version(result),
             reward_val_accuracy=stats.val_accuracy if stats else math.nan,
             reward_val_loss=stats.val_loss if stats else math.nan,
-            disagreement=math.nan,
             segments_sent=_find(result, "env_runners", "segments_sent", default=0),
             segments_dropped=_find(result, "env_runners", "segments_dropped", default=0),
         )
@@ -432,17 +348,15 @@ class Trainer:
             save_policy_atomically(self.algo, self.run_dir / "policy")
         if self.model is not None:
             self.model.checkpoint()
-        _atomic_json(self.run_dir / "state.json", {
-            "iteration": self.iteration, "env_steps": self.env_steps, "experiment": self.experiment,
-            "time": time.time()})
+        write_state(self.run_dir, self.iteration, self.env_steps, self.experiment)
 
     def run(self) -> dict:
         from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED
 
         self._t0 = time.time()
-        state_path = self.run_dir / "state.json"
-        if self.resume and state_path.exists():
-            state = json.loads(state_path.read_text())
+        stop_on_signals()
+        state = read_state(self.run_dir) if self.resume else None
+        if state is not None:
             self.iteration, self.env_steps = int(state["iteration"]), int(state["env_steps"])
             self.say(f"resuming at iteration {self.iteration}, {self.env_steps:,} env steps")
         self.start_services()
@@ -455,7 +369,10 @@ class Trainer:
         if self.model is not None:
             self.model.start()
         self.start_ray()
+        stop_on_signals()  # again: ray.init replaced the SIGTERM handler
+        reattach_library_logs()  # and dropped the handlers of Ray's loggers
         self.build_algo()
+        reattach_library_logs()
         metrics = MetricsWriter(self.run_dir, resume=self.resume, stream=None)
         self._labels_before = 0
         start_steps = self.env_steps
@@ -506,100 +423,3 @@ def _progress(row: dict) -> str:
     from learner.metrics import progress_line
 
     return progress_line(row)
-
-
-# ---- command line ----------------------------------------------------------------------------
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="rlhp train", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__,
-        epilog="examples:\n"
-               "  rlhp train --env ALE/Pong-v5                     # synthetic teacher, all on this machine\n"
-               "  rlhp train --env Hopper-v5 --labelers human      # prints the labeling command and waits\n"
-               "  rlhp train --env rlhp/FixedCartPole-v0 --preset smoke\n"
-               "  rlhp train --resume runs/pong-v5                 # continue where it stopped\n")
-    p.add_argument("--env", action="append",
-                   help="gymnasium id, e.g. ALE/Pong-v5, Hopper-v5, rlhp/FixedCartPole-v0; give several "
-                        "(--env A --env B) to train one experiment per game at once (learner/multi.py)")
-    p.add_argument("--preset", choices=experiment.PRESETS,
-                   help="settings preset (default: from the env: atari, mujoco or classic)")
-    p.add_argument("--config", help="YAML/TOML file overriding any config field")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override one field, e.g. --set reward.members=5 --set rl.num_env_runners=4")
-    p.add_argument("--name", help="run name (directory under --runs-dir); default from the env id")
-    p.add_argument("--runs-dir", default=None, help="where run directories go (default: runs)")
-    p.add_argument("--steps", type=int, help="env-step budget (run.max_env_steps)")
-    p.add_argument("--labels", type=int, help="label budget (query.label_budget)")
-    p.add_argument("--labelers", choices=("synthetic", "human"), help="who answers queries")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
-    p.add_argument("--address", help="join an existing Ray cluster (e.g. auto) instead of a local one")
-    p.add_argument("--reward-address", help="use a running reward service (HOST:PORT)")
-    p.add_argument("--query-address", help="use a running query service (HOST:PORT)")
-    p.add_argument("--query-token", help="producer token for --query-address")
-    return p
-
-
-def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, Path, bool]:
-    if args.resume:
-        run_dir = Path(args.resume)
-        saved = run_dir / "config.yaml"
-        if not saved.exists():
-            raise TrainError(f"{run_dir} is not a run directory (no config.yaml)")
-        cfg = experiment.load(str(saved))
-        if args.steps:
-            cfg = configs.apply(cfg, {"run": {"max_env_steps": args.steps},
-                                      "query": {"total_env_steps": float(args.steps)}})
-        return cfg, run_dir, True
-    if not args.env:
-        raise TrainError("give --env (e.g. --env ALE/Pong-v5) or --resume RUN_DIR")
-    sets = list(args.set)
-    if args.labels is not None:
-        sets.append(f"query.label_budget={args.labels}")
-    env = args.env[0] if isinstance(args.env, list) else args.env
-    cfg = experiment.resolve(env, args.preset, args.config, sets, name=args.name,
-                             runs_dir=args.runs_dir, max_env_steps=args.steps,
-                             labelers=args.labelers, seed=args.seed)
-    if cfg.query.initial > cfg.query.label_budget:
-        cfg = replace(cfg, query=replace(cfg.query, initial_labels=cfg.query.label_budget))
-    run_dir = Path(cfg.run.runs_dir) / cfg.experiment
-    if (run_dir / "state.json").exists():
-        raise TrainError(f"{run_dir} holds an earlier run: resume it with --resume {run_dir}, "
-                         "or pick another --name")
-    return cfg, run_dir, False
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from learner import multi
-
-    if multi.wanted(args):  # several --env, or --resume of a many-games run
-        return multi.main_from_args(args)
-    try:
-        cfg, run_dir, resume = config_from_args(args)
-    except (TrainError, configs.ConfigError, ValueError) as e:
-        print(f"rlhp train: {e}", file=sys.stderr)
-        return 2
-    run_dir.mkdir(parents=True, exist_ok=True)
-    configs.save(cfg, run_dir / "config.yaml")
-    trainer = Trainer(cfg, run_dir, resume=resume, ray_address=args.address,
-                      reward_address=args.reward_address, query_address=args.query_address,
-                      query_token=args.query_token)
-    try:
-        summary = trainer.run()
-    except TrainError as e:
-        print(f"rlhp train: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted: writing a checkpoint", file=sys.stderr)
-        trainer.checkpoint()
-        return 130
-    finally:
-        trainer.close()
-    print(f"done: {summary['iterations']} iterations, {summary['env_steps']:,} env steps; "
-          f"run directory {summary['run_dir']} (rlhp plot {summary['run_dir']}; "
-          f"rlhp evaluate {summary['run_dir']})")
-    return 0

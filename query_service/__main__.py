@@ -19,6 +19,7 @@ from pathlib import Path
 from rlhp.signals import StopFlag
 
 from .config import QueryConfig
+from .tokens import kept_token
 
 log = logging.getLogger("rlhp.query")
 
@@ -72,22 +73,9 @@ def make_config(args: argparse.Namespace) -> QueryConfig:
 
 
 def producer_token(core, run_dir: Path) -> str:
-    """The actors' token: read from `<run_dir>/producer.token`, created (mode 0600) when missing or stale."""
-    path = run_dir / PRODUCER_TOKEN_FILE
-    if path.exists():
-        token = path.read_text().strip()
-        try:
-            core.authenticate(token, ("producer",))
-            return token
-        except Exception:  # noqa: BLE001 — revoked or from another database: make a new one
-            pass
-    token = core.create_token("producer", "producer")
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
-    os.replace(tmp, path)
-    return token
+    """The actors' token: read from `<run_dir>/producer.token`, created (mode 0600) when missing or
+    stale — under a free name, so a stale file never invalidates a token someone else holds."""
+    return kept_token(core, run_dir / PRODUCER_TOKEN_FILE, "producer", "producer")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,15 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"rlhp query-service: {e}", file=sys.stderr)
         return 2
+    from reward_service.client import RewardClient
+
     from .core import QueryService
     from .server import serve
 
     run_dir = Path(args.run_dir)
-    reward = None
-    if args.reward_address:
-        from reward_service.client import RewardClient
-        reward = RewardClient(args.reward_address)
-    core = QueryService(run_dir, config, reward=reward)
+    reward = RewardClient(args.reward_address) if args.reward_address else None
+    core = QueryService(run_dir, config, reward=reward, reward_factory=RewardClient)
     producer_token(core, run_dir)
     try:
         server = serve(core, args.host, args.port, (args.tls_cert, args.tls_key) if args.tls_cert else None)

@@ -2,6 +2,7 @@
 directly, with or without the service running).
 
     rlhp token create --run-dir runs/pong --name alice [--role labeler] [--experiments pong,breakout]
+    rlhp token create --run-dir runs/pong --name alice --replace     # rotate: the old token stops working
     rlhp token list   --run-dir runs/pong
     rlhp token revoke --run-dir runs/pong --name alice
 """
@@ -20,12 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlhp token", description="Manage labeler tokens of a run.",
                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("create", help="create (or replace) a token; it is printed once")
+    c = sub.add_parser("create", help="create a token (or --replace one); it is printed once")
     c.add_argument("--run-dir", required=True)
     c.add_argument("--name", required=True, help="labeler name (shown in stats)")
     c.add_argument("--role", default="labeler", choices=ROLES,
                    help="labeler (human), teacher (synthetic, sees true rewards), producer (actors), admin")
     c.add_argument("--experiments", default="", help="comma-separated experiments allowed (default: all)")
+    c.add_argument("--replace", action="store_true",
+                   help="give NAME a new token even if it has one (its old token stops working)")
     c.add_argument("--server", default=None, metavar="HOST:PORT",
                    help="address labelers use (default: read <run-dir>/query_service.address, else "
                         "127.0.0.1:50052)")
@@ -56,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "create":
             try:
-                token = store.create_token(args.name, args.role, args.experiments, now=time.time())
+                token = store.create_token(args.name, args.role, args.experiments, now=time.time(),
+                                           replace=args.replace)
             except ValueError as e:
                 print(f"rlhp token: {e}", file=sys.stderr)
                 return 2

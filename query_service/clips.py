@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from rlhp.wire import InvalidRequest
+from rlhp.types import InvalidRequest
 
 from query_service.types import SegmentRecord
 

@@ -13,68 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
-from rlhp import rpc, wire
-from rlhp.v1 import common_pb2, query_pb2, query_pb2_grpc
-from rlhp.wire import InvalidRequest, Preference
+from rlhp import rpc
+from rlhp.v1 import query_pb2, query_pb2_grpc
 
+from . import codec
 from .core import QueryService
-from .types import QueryData, SegmentRecord
 
 log = logging.getLogger("rlhp.query.server")
-
-
-def record_from_proto(m: query_pb2.SegmentRecord, i: int = 0) -> SegmentRecord:
-    """Decode one SegmentRecord (shape/dtype/byte-count checks; the core checks the rest)."""
-    where = f"segment {i}" + (f" ({m.segment.id!r})" if m.segment.id else "")
-    if not m.HasField("segment"):
-        raise InvalidRequest(f"{where}: the segment (id, observations, actions) is missing")
-
-    def opt(t: common_pb2.Tensor, name: str) -> np.ndarray | None:
-        return wire.from_tensor(t, f"{where}: {name}") if wire.has_tensor(t) else None
-
-    return SegmentRecord(
-        id=m.segment.id, experiment=m.experiment, env_id=m.env_id,
-        observations=wire.from_tensor(m.segment.observations, f"{where}: observations"),
-        actions=wire.from_tensor(m.segment.actions, f"{where}: actions"),
-        true_rewards=wire.from_tensor(m.true_rewards, f"{where}: true_rewards"),
-        frames=opt(m.frames, "frames"), qpos=opt(m.qpos, "qpos"), qvel=opt(m.qvel, "qvel"),
-        env_step=int(m.env_step), fps=float(m.fps), random_policy=bool(m.random_policy))
-
-
-def record_to_proto(r: SegmentRecord, out: query_pb2.SegmentRecord | None = None) -> query_pb2.SegmentRecord:
-    m = out if out is not None else query_pb2.SegmentRecord()
-    m.segment.id = r.id
-    wire.to_tensor(r.observations, m.segment.observations)
-    wire.to_tensor(r.actions, m.segment.actions)
-    m.experiment = r.experiment
-    m.env_id = r.env_id
-    wire.to_tensor(np.asarray(r.true_rewards), m.true_rewards)
-    for name in ("frames", "qpos", "qvel"):
-        v = getattr(r, name)
-        if v is not None and np.size(v) > 0:
-            wire.to_tensor(v, getattr(m, name))
-    m.env_step = int(r.env_step)
-    m.fps = float(r.fps)
-    m.random_policy = bool(r.random_policy)
-    return m
-
-
-def query_to_proto(q: QueryData) -> query_pb2.Query:
-    m = query_pb2.Query(id=q.id, experiment=q.experiment, env_id=q.env_id, left_id=q.left_id,
-                        right_id=q.right_id, lease_expires=q.lease_expires, model_version=q.model_version,
-                        fps=q.fps, length=q.length)
-    if q.left_rewards is not None:
-        wire.to_tensor(np.asarray(q.left_rewards, np.float32), m.teacher.left_rewards)
-        wire.to_tensor(np.asarray(q.right_rewards, np.float32), m.teacher.right_rewards)
-    return m
-
-
-def _preference(value: int, what: str) -> Preference:
-    if value == 0:
-        raise InvalidRequest(f"{what} is unset (PREFERENCE_UNSPECIFIED)")
-    return Preference.parse(int(value))
 
 
 class QueryServicer(query_pb2_grpc.QueryServiceServicer):
@@ -85,7 +31,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def AddSegments(self, request: Any, context: grpc.ServicerContext) -> Any:
         token = rpc.token_from(context)
         self.core.authenticate(token, ("producer", "admin"))  # fail fast before decoding a large batch
-        records = [record_from_proto(m, i) for i, m in enumerate(request.segments)]
+        records = [codec.record_from_proto(m, i) for i, m in enumerate(request.segments)]
         r = self.core.add_segments(token, records)
         return query_pb2.AddSegmentsResponse(accepted=r.accepted, duplicates=r.duplicates, dropped=r.dropped,
                                              stored=r.stored)
@@ -95,30 +41,24 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
         p = self.core.report_progress(rpc.token_from(context), request.experiment, request.env_steps,
                                       reward_address=request.reward_address, env_id=request.env_id,
                                       label_budget=request.label_budget)
-        return query_pb2.ReportProgressResponse(labels=p.labels, labels_wanted=p.labels_wanted,
-                                                queries_pending=p.queries_pending, label_budget=p.label_budget)
+        return codec.progress_to_proto(p)
 
     @rpc.handle_errors
     def LeaseQuery(self, request: Any, context: grpc.ServicerContext) -> Any:
         lease = self.core.lease(rpc.token_from(context), tuple(request.experiments), request.lease_seconds)
-        m = query_pb2.LeaseQueryResponse(available=lease.available, waiting_for=lease.waiting_for,
-                                         pending=lease.pending, answered=lease.answered)
-        if lease.query is not None:
-            m.query.CopyFrom(query_to_proto(lease.query))
-        return m
+        return codec.lease_to_proto(lease)
 
     @rpc.handle_errors
     def GetClip(self, request: Any, context: grpc.ServicerContext) -> Any:
-        side = _preference(request.side, "side")
+        side = codec.preference_from_wire(request.side, "side")
         mime, data = self.core.get_clip(rpc.token_from(context), request.query_id, side, request.format or "mp4")
         return query_pb2.GetClipResponse(mime_type=mime, data=data)
 
     @rpc.handle_errors
     def SubmitLabel(self, request: Any, context: grpc.ServicerContext) -> Any:
-        answer = _preference(request.answer, "answer")
+        answer = codec.preference_from_wire(request.answer, "answer")
         r = self.core.submit(rpc.token_from(context), request.query_id, answer, request.seconds)
-        return query_pb2.SubmitLabelResponse(status=query_pb2.SubmitStatus.Value(r.status), message=r.message,
-                                             answered=r.answered)
+        return codec.submit_result_to_proto(r)
 
     @rpc.handle_errors
     def ReleaseQuery(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -127,16 +67,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @rpc.handle_errors
     def Stats(self, request: Any, context: grpc.ServicerContext) -> Any:
-        s = self.core.stats()
-        m = query_pb2.QueryStatsResponse()
-        for e in s.experiments:
-            m.experiments.add(experiment=e.experiment, env_id=e.env_id, segments=e.segments,
-                              queries_pending=e.queries_pending, queries_leased=e.queries_leased, labels=e.labels,
-                              labels_wanted=e.labels_wanted, label_budget=e.label_budget, env_steps=e.env_steps,
-                              labels_forwarded=e.labels_forwarded)
-        for lab in s.labelers:
-            m.labelers.add(name=lab.name, answered=lab.answered, mean_seconds=lab.mean_seconds)
-        return m
+        return codec.stats_to_proto(self.core.stats())
 
 
 @dataclass

@@ -4,8 +4,9 @@
 
 - returns: R = Σ_t r_t for *skip* and *equal*; the *choice* uses the myopic return
   Σ_t γ^(T-1-t) r_t, which weights later steps more (γ = 1: plain sum);
-- skip (skip_threshold > 0; 0 disables, as in B-Pref): max(R_left, R_right) < skip_threshold →
-  INCOMPARABLE (neither segment shows the goal);
+- skip: max(R_left, R_right) < skip_threshold → INCOMPARABLE (neither segment shows the goal);
+  any finite threshold works, negative ones too (rewards may be negative); −inf (the default)
+  never skips;
 - equal: |R_left − R_right| < equal_threshold → EQUAL;
 - Boltzmann choice: P(LEFT) = σ(β · (R^γ_left − R^γ_right)); β = ∞ is the deterministic, rational
   teacher (an exact tie answers EQUAL);
@@ -31,13 +32,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from rlhp.signals import StopFlag
-from rlhp.wire import FailedPrecondition, Preference, Unauthenticated
+from rlhp.types import FailedPrecondition, Preference, Unauthenticated
 
 log = logging.getLogger("rlhp.teacher")
 
 
 class SyntheticTeacher:
-    def __init__(self, beta: float = math.inf, mistake_prob: float = 0.0, skip_threshold: float = 0.0,
+    def __init__(self, beta: float = math.inf, mistake_prob: float = 0.0, skip_threshold: float = -math.inf,
                  equal_threshold: float = 0.0, gamma: float = 1.0, seed: int | None = None) -> None:
         if not beta > 0:
             raise ValueError("beta must be > 0 (math.inf: deterministic)")
@@ -47,6 +48,8 @@ class SyntheticTeacher:
             raise ValueError("gamma must lie in (0, 1]")
         if equal_threshold < 0:
             raise ValueError("equal_threshold must be ≥ 0")
+        if math.isnan(skip_threshold) or skip_threshold == math.inf:
+            raise ValueError("skip_threshold must be a number or -inf (never skip), not NaN or +inf")
         self.beta = float(beta)
         self.mistake_prob = float(mistake_prob)
         self.skip_threshold = float(skip_threshold)
@@ -64,7 +67,7 @@ class SyntheticTeacher:
         left = np.asarray(left_rewards, dtype=np.float64).reshape(-1)
         right = np.asarray(right_rewards, dtype=np.float64).reshape(-1)
         r_left, r_right = float(left.sum()), float(right.sum())
-        if self.skip_threshold > 0 and max(r_left, r_right) < self.skip_threshold:
+        if max(r_left, r_right) < self.skip_threshold:
             return Preference.INCOMPARABLE
         if abs(r_left - r_right) < self.equal_threshold:
             return Preference.EQUAL
@@ -147,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiments", default="", help="comma-separated experiments (default: all allowed)")
     p.add_argument("--beta", type=float, default=math.inf, help="Boltzmann rationality β (default inf)")
     p.add_argument("--mistake-prob", type=float, default=0.0, help="probability of flipping an answer")
-    p.add_argument("--skip-threshold", type=float, default=0.0,
-                   help="answer INCOMPARABLE when both returns are below this (default 0: never)")
+    p.add_argument("--skip-threshold", type=float, default=-math.inf,
+                   help="answer INCOMPARABLE when both returns are below this (default -inf: never)")
     p.add_argument("--equal-threshold", type=float, default=0.0, help="answer EQUAL when |ΔR| is below this")
     p.add_argument("--gamma", type=float, default=1.0, help="myopic discount (later steps weigh more)")
     p.add_argument("--seed", type=int, default=None)

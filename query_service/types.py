@@ -1,17 +1,20 @@
 """Plain data types of the query service, shared by the core, the server and the client.
 
 `query_service.core.QueryService` (in-process) and `query_service.client.QueryClient` (over gRPC)
-offer the same methods with these types. The labeler methods take the labeler's token.
+offer the same methods with these types; the core's take the caller's token first, the client holds
+it. `QueryBackend` is that interface as a caller sees it, met by `QueryClient` and by
+`query_service.local.LocalClient` (the core with a token bound), so the contract tests run one set of
+cases against both (`tests/query_service/test_contract.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
-from rlhp.wire import Preference
+from rlhp.types import Preference
 
 
 @dataclass(frozen=True)
@@ -106,5 +109,30 @@ class QueryStats:
     labelers: tuple[LabelerStats, ...] = field(default_factory=tuple)
 
 
-__all__ = ["SegmentRecord", "AddSegmentsResult", "Progress", "QueryData", "Lease", "SubmitResult",
+class QueryBackend(Protocol):
+    """The query service as one token holder (a producer, a labeler or a teacher) sees it."""
+
+    def add_segments(self, records: Sequence[SegmentRecord]) -> AddSegmentsResult:
+        """Store candidate segments (producers); all or nothing."""
+
+    def report_progress(self, experiment: str, env_steps: int, reward_address: str = "", env_id: str = "",
+                        label_budget: int = 0) -> Progress:
+        """Env steps of `experiment` (producers); returns where its label schedule stands."""
+
+    def lease(self, experiments: Sequence[str] = (), lease_seconds: float = 0) -> Lease:
+        """The next query to label, or what the service waits for (labelers)."""
+
+    def get_clip(self, query_id: str, side: Preference | int | str, fmt: str = "mp4") -> tuple[str, bytes]:
+        """(mime type, video bytes) of one side of a leased query."""
+
+    def submit(self, query_id: str, answer: Preference | int | str, seconds: float = 0.0) -> SubmitResult:
+        """A label, durable before this returns; idempotent per query."""
+
+    def release(self, query_id: str) -> None:
+        """Give a leased query back unanswered."""
+
+    def stats(self) -> QueryStats: ...
+
+
+__all__ = ["QueryBackend", "SegmentRecord", "AddSegmentsResult", "Progress", "QueryData", "Lease", "SubmitResult",
            "ExperimentStats", "LabelerStats", "QueryStats", "Preference", "Sequence"]

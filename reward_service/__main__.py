@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from rlhp import wire
 from rlhp.signals import StopFlag
+from rlhp.types import Preference, Space
 
 log = logging.getLogger("rlhp.reward_service")
 
@@ -93,7 +93,7 @@ class UsageError(Exception):
     pass
 
 
-def _config(args: argparse.Namespace, space: wire.Space):
+def _config(args: argparse.Namespace, space: Space):
     from reward_service.config import RewardConfig
 
     overrides: dict[str, Any] = {}
@@ -114,11 +114,11 @@ def _config(args: argparse.Namespace, space: wire.Space):
         raise UsageError(str(e)) from None
 
 
-def _parse_space(text: str | None) -> wire.Space:
+def _parse_space(text: str | None) -> Space:
     if not text:
         raise UsageError("--obs-space is required (e.g. --obs-space 11/box:3), unless --resume or --demo")
     try:
-        return wire.Space.parse(text)
+        return Space.parse(text)
     except ValueError as e:
         raise UsageError(str(e)) from None
 
@@ -137,7 +137,7 @@ def _build_model(args: argparse.Namespace):
         except (ValueError, LookupError, RuntimeError, OSError) as e:
             raise UsageError(f"--resume: cannot load {path!r}: {e}") from None
         log.info("resumed %s at version %d", path, model.version)
-        if args.space and wire.Space.parse(args.space) != model.space:
+        if args.space and Space.parse(args.space) != model.space:
             raise UsageError(f"--obs-space {args.space} differs from the checkpoint's space "
                              f"{model.space.to_string()}")
         return model
@@ -234,7 +234,7 @@ def _checkpoint(model, why: str) -> None:
 # --demo
 
 
-def _demo_batch(rng: np.random.Generator, space: wire.Space, n: int, length: int, w_obs: np.ndarray,
+def _demo_batch(rng: np.random.Generator, space: Space, n: int, length: int, w_obs: np.ndarray,
                 w_act: np.ndarray, start: int, prefix: str):
     """`n` segments of `length` transitions with a known linear reward; returns (segments, returns)."""
     from reward_service.types import SegmentData
@@ -310,9 +310,9 @@ def run_demo(args: argparse.Namespace) -> int:
                 comparisons = []
                 for k in range(n):
                     a, b = rets[2 * k], rets[2 * k + 1]
-                    label = wire.Preference.EQUAL if abs(a - b) < 1e-3 else (
-                        wire.Preference.LEFT if a > b else wire.Preference.RIGHT)
-                    comparisons.append(ComparisonData(f"q{sent + k}", segs[2 * k].id, segs[2 * k + 1].id, label))
+                    answer = Preference.EQUAL if abs(a - b) < 1e-3 else (
+                        Preference.LEFT if a > b else Preference.RIGHT)
+                    comparisons.append(ComparisonData(f"q{sent + k}", segs[2 * k].id, segs[2 * k + 1].id, answer))
                 client.add_comparisons(segs, comparisons)
                 sent += n
                 next_batch = now + 0.7 * args.demo_seconds / max(1, -(-args.demo_comparisons // batch))

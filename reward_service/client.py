@@ -3,9 +3,12 @@
     with RewardClient("127.0.0.1:50051") as reward:
         rewards, version = reward.score(observations, actions)
 
-- Errors come back as the core's exceptions: INVALID_ARGUMENT → `wire.InvalidRequest`, NOT_FOUND →
-  `wire.NotFound`, FAILED_PRECONDITION → `wire.FailedPrecondition`; UNAVAILABLE (after the channel's
-  retries) → `ConnectionError` naming the address; DEADLINE_EXCEEDED → `TimeoutError`.
+- Errors come back as the core's exceptions (`rlhp.rpc.exception_for`, shared with the query
+  client): INVALID_ARGUMENT → `wire.InvalidRequest`, NOT_FOUND → `wire.NotFound`,
+  FAILED_PRECONDITION → `wire.FailedPrecondition`; UNAVAILABLE (after the channel's retries) →
+  `ConnectionError` naming the address; DEADLINE_EXCEEDED → `TimeoutError`; anything else →
+  `RewardServiceError` (= `rlhp.rpc.ServiceError`).
+- Messages are encoded in `reward_service.codec`; this module loads neither the server nor the core.
 - Every call has a deadline (`timeout` seconds; a streamed batch gets `timeout` per chunk).
 - Large score batches are cut into chunks of at most `chunk_bytes` (or `chunk_transitions`) and sent
   over the ScoreStream RPC; the answers are concatenated in order. Small batches use unary Score.
@@ -25,14 +28,8 @@ import numpy as np
 
 from rlhp import rpc, wire
 from rlhp.v1 import reward_pb2, reward_pb2_grpc
-from reward_service.server import SERVICE_NAME, encode_segment
-from reward_service.types import (
-    AddResult,
-    ComparisonData,
-    MemberStats,
-    RewardStats,
-    SegmentData,
-)
+from reward_service.codec import SERVICE_NAME, encode_comparison, encode_segment, stats_from_proto
+from reward_service.types import AddResult, ComparisonData, RewardStats, SegmentData
 
 log = logging.getLogger("rlhp.reward_service.client")
 
@@ -43,8 +40,7 @@ DEFAULT_REQUEST_BYTES = 16 * 1024 * 1024
 T = TypeVar("T")
 
 
-class RewardServiceError(RuntimeError):
-    """The service failed in a way the caller cannot fix (INTERNAL, UNKNOWN, ...)."""
+RewardServiceError = rpc.ServiceError  # the service failed in a way the caller cannot fix
 
 
 class RewardClient:
@@ -80,15 +76,6 @@ class RewardClient:
                     self._pid = os.getpid()
         return self._stub
 
-    def wait_until_ready(self, timeout: float = 30.0) -> None:
-        """Block until the service accepts connections; ConnectionError after `timeout` seconds."""
-        _ = self.stub
-        try:
-            grpc.channel_ready_future(self._channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            raise ConnectionError(
-                f"reward service at {self.address} did not become reachable within {timeout:g} s") from None
-
     def close(self) -> None:
         with self._lock:
             if self._channel is not None and self._pid == os.getpid():
@@ -121,26 +108,8 @@ class RewardClient:
     # -- error mapping -----------------------------------------------------------------------
 
     def _error(self, e: grpc.RpcError) -> Exception:
-        code = e.code() if hasattr(e, "code") else None
-        details = (e.details() if hasattr(e, "details") else None) or str(e)
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            return wire.InvalidRequest(details)
-        if code == grpc.StatusCode.NOT_FOUND:
-            return wire.NotFound(details)
-        if code == grpc.StatusCode.FAILED_PRECONDITION:
-            return wire.FailedPrecondition(details)
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            return wire.Unauthenticated(details)
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return wire.InvalidRequest(f"request to the reward service at {self.address} is too large: {details}")
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return ConnectionError(
-                f"reward service at {self.address} is unavailable (after retries): {details}. "
-                "Is it running (`rlhp reward-service ...`) and is the address right?")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return TimeoutError(f"reward service at {self.address} did not answer in time: {details}")
-        name = code.name if code is not None else "UNKNOWN"
-        return RewardServiceError(f"reward service at {self.address} failed: {name}: {details}")
+        return rpc.exception_for(e, f"reward service at {self.address}",
+                                 "Is it running (`rlhp reward-service ...`) and is the address right?")
 
     def _call(self, method: Callable[..., T], request, timeout: float | None = None) -> T:
         try:
@@ -304,9 +273,7 @@ class RewardClient:
             for s in segs:
                 encode_segment(s, request.segments.add())
             for c in group:
-                label = 0 if c.label is None else int(wire.Preference.parse(c.label))
-                request.comparisons.add(id=c.id or "", left_id=c.left_id or "", right_id=c.right_id or "",
-                                        label=label)
+                encode_comparison(c, request.comparisons.add())
             r = self._call(self.stub.AddComparisons, request)
             added += r.added
             duplicates += r.duplicates
@@ -317,23 +284,7 @@ class RewardClient:
     # -- state -------------------------------------------------------------------------------
 
     def stats(self) -> RewardStats:
-        r = self._call(self.stub.Stats, reward_pb2.StatsRequest())
-        return RewardStats(
-            model_version=int(r.model_version),
-            comparisons=int(r.comparisons),
-            comparisons_seen=int(r.comparisons_seen),
-            segments=int(r.segments),
-            train_loss=float(r.train_loss),
-            val_loss=float(r.val_loss),
-            train_accuracy=float(r.train_accuracy),
-            val_accuracy=float(r.val_accuracy),
-            train_steps=int(r.train_steps),
-            members=tuple(MemberStats(norm_mean=m.norm_mean, norm_std=m.norm_std, train_loss=m.train_loss,
-                                      val_loss=m.val_loss, l2=m.l2) for m in r.members),
-            space=wire.Space.from_proto(r.space) if r.HasField("space") else None,
-            architecture=r.architecture,
-            target_std=float(r.target_std),
-        )
+        return stats_from_proto(self._call(self.stub.Stats, reward_pb2.StatsRequest()))
 
     def checkpoint(self, path: str | None = None) -> tuple[str, int]:
         """Atomically write everything on the service's machine; returns (path, model version)."""

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from rlhp.wire import Space
+from rlhp.types import Space
 
 
 @dataclass(frozen=True)

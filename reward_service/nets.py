@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlhp.wire import Space
+from rlhp.types import Space
 
 from .config import RewardConfig
 

@@ -22,93 +22,14 @@ import numpy as np
 
 from rlhp import rpc, wire
 from rlhp.v1 import common_pb2, reward_pb2, reward_pb2_grpc
-from reward_service.types import (
-    ComparisonData,
-    RewardBackend,
-    RewardStats,
-    SegmentData,
-)
+from reward_service.codec import decode_comparison, decode_segment, decode_tensor, stats_to_proto
+from reward_service.types import RewardBackend, SegmentData
 
 log = logging.getLogger("rlhp.reward_service")
-
-SERVICE_NAME = "rlhp.v1.RewardService"
 
 # The size of one request is bounded by gRPC's message limit (rlhp.wire.MAX_MESSAGE_BYTES) and the
 # number of transitions by the core (RewardConfig.max_score_batch); `max_batch` adds a per-request
 # limit of the server's own (None: none). RewardClient streams large batches in chunks.
-
-
-# ---------------------------------------------------------------------------------------------
-# Decoding / encoding helpers (shared with the client, which encodes what the server decodes).
-
-
-def decode_tensor(message, field: str, name: str) -> np.ndarray:
-    """The tensor in `message.field`; InvalidRequest naming `name` when absent or inconsistent."""
-    if not message.HasField(field) or not wire.has_tensor(getattr(message, field)):
-        raise wire.InvalidRequest(f"{name} is missing (a rlhp.v1.Tensor with dtype, shape and data)")
-    return wire.from_tensor(getattr(message, field), name)
-
-
-def decode_segment(seg: common_pb2.Segment, index: int) -> SegmentData:
-    where = f"segment {seg.id!r}" if seg.id else f"segment {index}"
-    return SegmentData(
-        id=seg.id,
-        observations=decode_tensor(seg, "observations", f"{where}: observations"),
-        actions=decode_tensor(seg, "actions", f"{where}: actions"),
-    )
-
-
-def encode_segment(seg: SegmentData, out: common_pb2.Segment) -> None:
-    out.id = seg.id
-    # A missing array stays unset, so the service answers "... observations is missing".
-    if seg.observations is not None:
-        wire.to_tensor(seg.observations, out.observations)
-    if seg.actions is not None:
-        wire.to_tensor(seg.actions, out.actions)
-
-
-def decode_label(value: int, comparison_id: str) -> wire.Preference:
-    if value == common_pb2.PREFERENCE_UNSPECIFIED:
-        raise wire.InvalidRequest(
-            f"comparison {comparison_id!r}: label PREFERENCE_UNSPECIFIED (unset) is not one of "
-            "LEFT, RIGHT, EQUAL, INCOMPARABLE")
-    try:
-        return wire.Preference(value)
-    except ValueError:
-        raise wire.InvalidRequest(
-            f"comparison {comparison_id!r}: label {value} is not one of "
-            "LEFT=1, RIGHT=2, EQUAL=3, INCOMPARABLE=4") from None
-
-
-def decode_comparison(c: reward_pb2.Comparison) -> ComparisonData:
-    # Ids are checked by the core (empty ids, unknown segments), with the same messages in-process.
-    return ComparisonData(id=c.id, left_id=c.left_id, right_id=c.right_id,
-                          label=decode_label(c.label, c.id))
-
-
-def stats_to_proto(s: RewardStats) -> reward_pb2.StatsResponse:
-    out = reward_pb2.StatsResponse(
-        model_version=int(s.model_version),
-        comparisons=int(s.comparisons),
-        comparisons_seen=int(s.comparisons_seen),
-        segments=int(s.segments),
-        train_loss=float(s.train_loss),
-        val_loss=float(s.val_loss),
-        train_accuracy=float(s.train_accuracy),
-        val_accuracy=float(s.val_accuracy),
-        train_steps=int(s.train_steps),
-        architecture=s.architecture,
-        target_std=float(s.target_std),
-    )
-    for m in s.members:
-        out.members.add(norm_mean=float(m.norm_mean), norm_std=float(m.norm_std),
-                        train_loss=float(m.train_loss), val_loss=float(m.val_loss), l2=float(m.l2))
-    if s.space is not None:
-        out.space.CopyFrom(s.space.to_proto())
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):

@@ -11,7 +11,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from rlhp.wire import Preference, Space
+from rlhp.types import Preference, Space
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,14 @@ class SegmentData:
 
 @dataclass(frozen=True)
 class ComparisonData:
-    """A labelled query: which of two segments is better. `id` is the idempotency key."""
+    """A labelled query: which of two segments is better. `id` is the idempotency key.
+
+    `answer` is the label's value, as the query service calls it (the v1 proto field is `label`)."""
 
     id: str
     left_id: str
     right_id: str
-    label: Preference
+    answer: Preference
 
 
 @dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""rlhp's wire contract: generated `rlhp.v1` stubs plus the codec (`rlhp.wire`) and gRPC helpers (`rlhp.rpc`)."""
+"""rlhp's wire contract: generated `rlhp.v1` stubs, the domain types (`rlhp.types`, no protobuf), the codec (`rlhp.wire`) and gRPC helpers (`rlhp.rpc`)."""

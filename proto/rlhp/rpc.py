@@ -1,8 +1,11 @@
 """gRPC plumbing shared by the services' thin servers and clients.
 
 - `make_server` / `make_channel`: message-size limits, keepalive and retry policy in one place.
-- `handle_errors`: maps the core's exceptions (rlhp.wire) to status codes with readable messages;
+- `handle_errors`: maps the core's exceptions (rlhp.types) to status codes with readable messages;
   anything unexpected becomes INTERNAL with the error text, and the server keeps serving.
+- `exception_for` / `call`: the way back, for every client (and the labeling page): a status code
+  becomes the core's exception again, UNAVAILABLE (after the channel's retries) `ConnectionError`,
+  DEADLINE_EXCEEDED `TimeoutError`, anything else `ServiceError`. One table for both directions.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any, Callable
 
 import grpc
 
-from rlhp import wire
+from rlhp import types, wire
 
 log = logging.getLogger("rlhp.rpc")
 
@@ -103,11 +106,44 @@ def make_channel(address: str, service: str, root_cert: bytes | None = None) -> 
 
 
 _STATUS = [
-    (wire.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (wire.NotFound, grpc.StatusCode.NOT_FOUND),
-    (wire.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-    (wire.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (types.InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (types.NotFound, grpc.StatusCode.NOT_FOUND),
+    (types.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (types.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
 ]
+
+
+class ServiceError(RuntimeError):
+    """A service failed in a way the caller cannot fix (INTERNAL, UNKNOWN, ...)."""
+
+
+def exception_for(e: grpc.RpcError, service: str = "the service", hint: str = "") -> Exception:
+    """The exception a client raises for a failed call (`service` names it in messages, e.g.
+    "reward service at 127.0.0.1:50051"; `hint` is added when it cannot be reached)."""
+    code = e.code() if hasattr(e, "code") else None
+    details = (e.details() if hasattr(e, "details") else None) or str(e)
+    for kind, status in _STATUS:
+        if code == status:
+            return kind(details)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return types.InvalidRequest(f"request to the {service} is too large: {details}")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return ConnectionError(f"{service} is unavailable (after retries): {details}" + (f". {hint}" if hint else ""))
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return TimeoutError(f"{service} did not answer in time: {details}")
+    name = code.name if code is not None else "UNKNOWN"
+    return ServiceError(f"{service} failed: {name}: {details}")
+
+
+def call(method: Callable, request: Any, *, timeout: float, metadata: Any = None,
+         service: str = "the service", hint: str = "") -> Any:
+    """`method(request)` with a deadline; a failed call raises `exception_for` its status."""
+    try:
+        if metadata is None:
+            return method(request, timeout=timeout)
+        return method(request, timeout=timeout, metadata=metadata)
+    except grpc.RpcError as e:
+        raise exception_for(e, service, hint) from None
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode:

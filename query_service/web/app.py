@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
-from rlhp import wire
-from rlhp.wire import Preference
+from rlhp import rpc
+from rlhp.types import FailedPrecondition, InvalidRequest, NotFound, Preference, Unauthenticated
 
 log = logging.getLogger("rlhp.label")
 
@@ -60,48 +60,24 @@ MIN_LEASE_LEFT = 60.0
 MAX_BODY = 64 * 1024
 
 
-class ServiceUnavailable(RuntimeError):
-    """The query service cannot be reached."""
-
-
-def _grpc_error(exc: BaseException) -> tuple[int, str, bool] | None:
-    """(HTTP status, message, unreachable) for a grpc.RpcError; None for other exceptions."""
-    try:
-        import grpc
-    except ImportError:  # pragma: no cover — grpc is a dependency
-        return None
-    if not isinstance(exc, grpc.RpcError):
-        return None
-    code = exc.code() if hasattr(exc, "code") else None
-    details = exc.details() if hasattr(exc, "details") else str(exc)
-    table = {
-        grpc.StatusCode.INVALID_ARGUMENT: HTTPStatus.BAD_REQUEST,
-        grpc.StatusCode.NOT_FOUND: HTTPStatus.NOT_FOUND,
-        grpc.StatusCode.FAILED_PRECONDITION: HTTPStatus.CONFLICT,
-        grpc.StatusCode.UNAUTHENTICATED: HTTPStatus.UNAUTHORIZED,
-        grpc.StatusCode.PERMISSION_DENIED: HTTPStatus.FORBIDDEN,
-        grpc.StatusCode.UNAVAILABLE: HTTPStatus.SERVICE_UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED: HTTPStatus.GATEWAY_TIMEOUT,
-    }
-    status = table.get(code, HTTPStatus.BAD_GATEWAY)
-    unreachable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-    return int(status), details or str(code), unreachable
-
-
 def error_status(exc: BaseException) -> tuple[int, str, bool]:
-    """Map an error from the query client to (HTTP status, message for a person, unreachable)."""
-    mapped = _grpc_error(exc)
-    if mapped is not None:
-        return mapped
-    if isinstance(exc, wire.InvalidRequest):
+    """Map an error from the query client to (HTTP status, message for a person, unreachable).
+
+    The client already turned gRPC statuses into exceptions (`rlhp.rpc.exception_for`); a raw
+    `grpc.RpcError` (another client) goes through the same table first."""
+    if type(exc).__module__.startswith("grpc") and hasattr(exc, "code"):
+        exc = rpc.exception_for(exc, "query service")  # type: ignore[arg-type]
+    if isinstance(exc, InvalidRequest):
         return HTTPStatus.BAD_REQUEST, str(exc), False
-    if isinstance(exc, wire.NotFound):
+    if isinstance(exc, NotFound):
         return HTTPStatus.NOT_FOUND, str(exc), False
-    if isinstance(exc, wire.FailedPrecondition):
+    if isinstance(exc, FailedPrecondition):
         return HTTPStatus.CONFLICT, str(exc), False
-    if isinstance(exc, wire.Unauthenticated):
+    if isinstance(exc, Unauthenticated):
         return HTTPStatus.UNAUTHORIZED, str(exc), False
-    if isinstance(exc, (ServiceUnavailable, ConnectionError, TimeoutError)):
+    if isinstance(exc, TimeoutError):
+        return HTTPStatus.GATEWAY_TIMEOUT, str(exc), True
+    if isinstance(exc, ConnectionError):
         return HTTPStatus.SERVICE_UNAVAILABLE, str(exc), True
     return HTTPStatus.BAD_GATEWAY, f"{type(exc).__name__}: {exc}", False
 
@@ -329,7 +305,7 @@ class LabelApp:
             raise ApiError(HTTPStatus.BAD_REQUEST, "query_id is missing")
         try:
             pref = Preference.parse(answer)
-        except wire.InvalidRequest as e:
+        except InvalidRequest as e:
             raise ApiError(HTTPStatus.BAD_REQUEST, str(e)) from None
         try:
             secs = max(0.0, float(seconds or 0.0))

@@ -26,6 +26,7 @@ def test_pong_observation_score_band_rgb_and_reward_moved_to_info():
         assert env.observation_space.dtype == np.uint8
         assert env.unwrapped.ale.getFloat("repeat_action_probability") == 0.0
         obs, info = env.reset(seed=0)
+        env.action_space.seed(0)  # the same play every run (unseeded, one CI-like run saw no point scored in 150 steps)
         assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
         assert info["fps"] == 15.0  # 60 Hz / frame skip 4
         assert info["rgb"].shape == (210, 160, 3) and info["rgb"].dtype == np.uint8
@@ -84,6 +85,32 @@ def test_hopper_qpos_qvel_in_info(tmp_path, monkeypatch):
         env.close()
 
 
+def test_hopper_unhealthy_penalty_only_while_fallen(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plain, penalised = make_env("Hopper-v5"), make_env("Hopper-v5", unhealthy_penalty=2.0)
+    try:
+        plain.reset(seed=0)
+        penalised.reset(seed=0)
+        rng = np.random.default_rng(0)
+        healthy_seen = fallen_seen = 0
+        for _ in range(300):  # random torques: upright at first, fallen (and not terminated) later
+            a = rng.uniform(-1, 1, size=3).astype(np.float32)
+            _, _, term_a, _, info_a = plain.step(a)
+            _, _, term_b, _, info_b = penalised.step(a)
+            assert not term_a and not term_b  # still no early termination
+            healthy = penalised.unwrapped.is_healthy
+            expected = info_a["true_reward"] - (0.0 if healthy else 2.0)
+            assert info_b["true_reward"] == pytest.approx(expected)
+            healthy_seen += healthy
+            fallen_seen += not healthy
+        assert healthy_seen > 0 and fallen_seen > 0
+    finally:
+        plain.close()
+        penalised.close()
+    with pytest.raises(ValueError, match="is_healthy"):
+        make_env("HalfCheetah-v5", unhealthy_penalty=1.0)
+
+
 def test_fixed_cartpole_fixed_horizon_and_binary_reward():
     env = make_env(FIXED_CARTPOLE_ID)
     try:
@@ -132,4 +159,5 @@ def test_default_segment_lengths(tmp_path, monkeypatch):
     assert default_segment_length("ALE/Pong-v5") == 25
     assert default_segment_length("HalfCheetah-v5") == 30  # 1.5 s at 20 steps/s
     assert default_segment_length("Hopper-v5") == 60  # 1.5 s would be 187 steps: clamped to 60
+    assert default_segment_length("Reacher-v5") == 50  # 60 would never fit its 50-step episodes
     assert default_segment_length(FIXED_CARTPOLE_ID) == 25

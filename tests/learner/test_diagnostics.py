@@ -1,6 +1,6 @@
-"""Reward-fit metrics over the query service's real SQLite store: corr over all recent segments,
-over the policy's own segments, and per step — they tell apart a model that ranks random-policy
-segments well from one that ranks the policy's own behaviour well."""
+"""Reward-fit metrics over the query service's real SQLite store, asked through the core's methods:
+corr over all recent segments, over the policy's own segments, and per step — they tell apart a
+model that ranks random-policy segments well from one that ranks the policy's own behaviour well."""
 
 from __future__ import annotations
 
@@ -41,11 +41,11 @@ def test_policy_corr_and_step_corr_see_the_policy_segments(tmp_path):
         # random-policy segments the model ranks perfectly, then policy segments it cannot rank
         svc.add_segments(prod, _segments(rng, 30, True, "r", good=True))
         svc.add_segments(prod, _segments(rng, 30, False, "p", good=False))
-        m = segment_metrics(svc.store, "e", FirstFeature(), n=60)
+        m = segment_metrics(svc, "e", FirstFeature(), n=60)
         assert m["segment_corr"] > 0.4  # looks fine over everything recent...
         assert abs(m["policy_corr"]) < 0.4 and abs(m["step_corr"]) < 0.2  # ...but not on the policy
         svc.add_segments(prod, _segments(rng, 30, False, "q", good=True))
-        m = segment_metrics(svc.store, "e", FirstFeature(), n=30)
+        m = segment_metrics(svc, "e", FirstFeature(), n=30)
         assert m["policy_corr"] > 0.99 and m["step_corr"] > 0.99
         assert math.isfinite(m["predicted_return"])
     assert math.isnan(pearson(np.ones(5), np.arange(5))) and math.isnan(pearson(np.arange(2), np.arange(2)))

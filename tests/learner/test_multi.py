@@ -16,7 +16,7 @@ import pytest
 
 from learner import multi
 from learner.metrics import read_csv
-from learner.train import build_parser, main as train_main
+from learner.train_cli import build_parser, main as train_main
 
 ENV = "rlhp/FixedCartPole-v0"
 
@@ -89,7 +89,8 @@ def test_two_games_share_one_query_service_and_a_killed_game_resumes(tmp_path, r
 
     # each game's labels reached its own reward model, and only its own
     labels = _labels(group)
-    seen = {g.name: set(RewardModel.load(str(g.run_dir / "reward" / "reward_model.pt"))._seen) for g in games}
+    seen = {g.name: set(RewardModel.load(str(g.run_dir / "reward" / "reward_model.pt")).seen_comparison_ids())
+            for g in games}
     for g, other in ((steady, victim), (victim, steady)):
         assert len(labels[g.name]) >= g.cfg.query.initial
         assert seen[g.name] and seen[g.name] <= labels[g.name]
@@ -131,7 +132,7 @@ def test_table_shows_each_games_correlation_scored_by_its_own_reward_model(tmp_p
         runner.qcore.add_segments(token, recs)
         assert "corr 1" not in runner.table()  # no reward service known for the game yet
         runner.qcore.report_progress(token, name, 100, reward_address="127.0.0.1:1")
-        runner._last_corr = 0.0
+        assert runner.refresh_corr()[name] == pytest.approx(1.0)
         table = runner.table()
         assert asked == ["127.0.0.1:1"] and runner.corr[name] == pytest.approx(1.0)
         assert f"{name}: pending, corr 1.00" in table and "fixedcartpole-v0-2: pending" in table

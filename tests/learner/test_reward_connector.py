@@ -15,7 +15,7 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
-from learner.reward_connector import LearnedRewardBuilder, LearnedRewardConnector, resolve_backend
+from learner.reward_connector import LearnedRewardBuilder, LearnedRewardConnector, resolve_backend, reward_version
 
 VERSION = 7
 
@@ -139,6 +139,12 @@ def _tiny_config(reward, **kw):
     return build_ppo_config("rlhp/FixedCartPole-v0", reward, **opts)
 
 
+def test_reward_version_is_read_where_the_connector_logs_it():
+    assert reward_version({"learners": {ALL_MODULES: {"learned_reward_model_version": 12}}}) == 12
+    assert reward_version({"learners": {"default_policy": {"reward_model_version": 12}}}) == 0
+    assert reward_version({}) == 0  # before any batch was scored
+
+
 def test_ppo_learns_from_exactly_the_predicted_rewards(ray_local):
     from ray.rllib.connectors.connector_v2 import ConnectorV2
 
@@ -163,6 +169,8 @@ def test_ppo_learns_from_exactly_the_predicted_rewards(ray_local):
             result = algo.train()
             learner = result["learners"][ALL_MODULES]
             assert learner["learned_reward_model_version"] == VERSION
+            # what `rlhp train --reward-address` writes to metrics.csv as reward_version
+            assert reward_version(result) == VERSION
             assert learner["learned_reward_score_calls"] == it + 1  # lifetime: one call per iteration
             assert len(BACKEND.calls) == it + 1  # one batched call per train batch
             assert BACKEND.calls[-1] >= 400  # the whole batch in that call

@@ -19,7 +19,8 @@ import pytest
 
 from learner import configs, experiment
 from learner.evaluate import evaluate
-from learner.train import Trainer, main as train_main
+from learner.train import Trainer
+from learner.train_cli import main as train_main
 from query_service.teacher import SyntheticTeacher
 
 ENV = "rlhp/FixedCartPole-v0"

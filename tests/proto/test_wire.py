@@ -95,7 +95,7 @@ def test_space_parse(text, expected):
     space = wire.Space.parse(text)
     assert space == expected
     assert wire.Space.parse(space.to_string()) == space
-    assert wire.Space.from_proto(common_pb2.SpaceSpec.FromString(space.to_proto().SerializeToString())) == space
+    assert wire.space_from_proto(common_pb2.SpaceSpec.FromString(wire.space_to_proto(space).SerializeToString())) == space
 
 
 def test_space_properties():

@@ -256,9 +256,10 @@ def test_lease_expires_and_late_answer_is_accepted(svc, clock):
     n_queued = svc.lease(bob).pending  # bob took one more
     clock.t += 6  # alice's lease expires
     # the expired query comes back (FIFO: it is the oldest)
-    again = svc.lease(bob, lease_seconds=5).query
+    lease = svc.lease(bob, lease_seconds=5)
+    again = lease.query
     assert again.id == first.id
-    assert n_queued >= 0
+    assert lease.pending == n_queued  # it came back to the queue (+1) and bob leased it (−1)
     # alice answers late, before bob: accepted, bob's newer lease is cancelled
     r = svc.submit(alice, first.id, Preference.EQUAL)
     assert r.status == "ACCEPTED" and "expired" in r.message
@@ -447,7 +448,7 @@ class FakeReward:
             assert c.left_id in ids and c.right_id in ids
             if c.id in self.seen:
                 dup += 1
-            self.seen[c.id] = c.label
+            self.seen[c.id] = c.answer
         return AddResult(len(comparisons) - dup, dup, 0, len(self.seen))
 
     def disagreement(self, segments, pairs):

@@ -17,6 +17,7 @@ from query_service.config import QueryConfig
 from query_service.core import QueryService
 from query_service.server import serve
 from query_service.types import SegmentRecord
+from reward_service.client import RewardClient
 from reward_service.config import RewardConfig
 from reward_service.core import RewardModel
 from reward_service.server import serve as serve_reward
@@ -43,7 +44,7 @@ def reward_service(exp: str):
 
 
 def seen(model: RewardModel) -> set[str]:
-    return set(model._seen)  # comparison (= query) ids the model has received
+    return set(model.seen_comparison_ids())  # comparison (= query) ids the model has received
 
 
 class World:
@@ -64,7 +65,8 @@ class World:
         }
 
     def open(self) -> None:
-        self.core = QueryService(self.run_dir, self.config, reward=None, seed=0)  # no default backend
+        self.core = QueryService(self.run_dir, self.config, reward=None, seed=0,  # no default backend
+                                 reward_factory=RewardClient)
         self.server = serve(self.core)
         self.clients: dict[str, QueryClient] = {}
 

@@ -20,7 +20,8 @@ from query_service.__main__ import main as service_main
 from query_service.client import QueryClient
 from query_service.config import QueryConfig
 from query_service.core import QueryService
-from query_service.server import record_to_proto, serve
+from query_service.codec import record_to_proto
+from query_service.server import serve
 from query_service.store import Store
 from query_service.types import SegmentRecord
 from rlhp import rpc

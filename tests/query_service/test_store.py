@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from query_service.store import DB_NAME, Store, pack, unpack
+from query_service.store import DB_NAME, Store, TokenExists, pack, unpack
 from query_service.types import SegmentRecord
 
 
@@ -20,7 +20,7 @@ def test_wal_and_full_sync(tmp_path):
     s.close()
 
 
-def test_tokens_are_stored_hashed_and_can_be_replaced_and_revoked(tmp_path):
+def test_tokens_are_stored_hashed_never_replaced_silently_and_can_be_rotated_and_revoked(tmp_path):
     s = Store(tmp_path)
     tok = s.create_token("alice", "labeler", ["Pong", " Breakout "])
     row = s.labeler_for(tok)
@@ -29,7 +29,10 @@ def test_tokens_are_stored_hashed_and_can_be_replaced_and_revoked(tmp_path):
     assert tok.encode() not in (tmp_path / DB_NAME).read_bytes()
     s = Store(tmp_path)  # the salt persists: the token still works after a restart
     assert s.labeler_for(tok)["name"] == "alice"
-    new = s.create_token("alice", "teacher")
+    with pytest.raises(TokenExists, match="alice"):  # creating never invalidates a token someone holds
+        s.create_token("alice", "teacher")
+    assert s.labeler_for(tok)["role"] == "labeler"
+    new = s.create_token("alice", "teacher", replace=True)  # an explicit rotation
     assert s.labeler_for(tok) is None and s.labeler_for(new)["role"] == "teacher"
     assert s.revoke_token("alice") and not s.revoke_token("bob")
     assert s.labeler_for(new)["revoked"] == 1

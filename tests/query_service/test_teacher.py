@@ -39,12 +39,20 @@ def test_rational_teacher_matches_true_returns_and_gets_noisier_as_beta_falls():
 
 def test_mistakes_skip_equal_and_myopia():
     assert agreement(SyntheticTeacher(mistake_prob=1.0)) == 0.0
-    assert 0.15 < agreement(SyntheticTeacher(mistake_prob=0.2, seed=3)) < 0.25 + 0.6
+    # 4000 answers, each right with p = 0.8: the rate lies within 4 standard deviations (±0.025)
+    n, p = 4000, 0.8
+    assert abs(agreement(SyntheticTeacher(mistake_prob=0.2, seed=3), n=n) - p) < 4 * math.sqrt(p * (1 - p) / n)
     t = SyntheticTeacher(skip_threshold=1.0, equal_threshold=0.5)
     assert t.answer([0.2, 0.3], [0.1, 0.1]) == INC  # both below the skip threshold
     assert t.answer([1.0, 0.3], [1.0, 0.0]) == EQ  # |ΔR| = 0.3 < 0.5
     assert t.answer([1.0, 1.0], [0.1, 0.0]) == L
     assert SyntheticTeacher().answer([1.0], [1.0]) == EQ  # exact tie
+    # negative thresholds work (rewards may be negative); the default -inf never skips
+    assert SyntheticTeacher(skip_threshold=-1.0).answer([-2.0, -1.0], [-1.5, -0.6]) == INC
+    assert SyntheticTeacher(skip_threshold=-1.0).answer([-0.5, 0.0], [-1.5, -0.6]) == L
+    assert SyntheticTeacher().answer([-50.0], [-60.0]) == L
+    with pytest.raises(ValueError):
+        SyntheticTeacher(skip_threshold=math.nan)
     # myopic: later steps weigh more. Left earns early, right late, same sum.
     early, late = [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]
     assert SyntheticTeacher(gamma=0.5).answer(early, late) == R

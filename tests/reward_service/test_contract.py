@@ -73,8 +73,8 @@ def labelled(backend: Backend, n: int = 12) -> list[SegmentData]:
     comps = []
     for i in range(0, n, 2):
         a, b = segs[i], segs[i + 1]
-        label = Preference.LEFT if a.observations.sum() > b.observations.sum() else Preference.RIGHT
-        comps.append(ComparisonData(f"c{i}", a.id, b.id, label))
+        answer = Preference.LEFT if a.observations.sum() > b.observations.sum() else Preference.RIGHT
+        comps.append(ComparisonData(f"c{i}", a.id, b.id, answer))
     result = backend.api.add_comparisons(segs, comps)
     assert result.added == n // 2
     return segs
@@ -288,9 +288,9 @@ BAD_COMPARISONS = {
     "unknown_segment": (lambda s: ([], [ComparisonData("x", "s0", "nope", Preference.LEFT)]), "unknown segment"),
     "missing_id": (lambda s: (s, [ComparisonData("", "s0", "s1", Preference.LEFT)]), "id"),
     "missing_left": (lambda s: (s, [ComparisonData("x", "", "s1", Preference.LEFT)]), "left_id"),
-    "unspecified_label": (lambda s: (s, [ComparisonData("x", "s0", "s1", 0)]), "not one of"),
-    "no_label": (lambda s: (s, [ComparisonData("x", "s0", "s1", None)]), "not one of"),
-    "bad_label": (lambda s: (s, [ComparisonData("x", "s0", "s1", 7)]), "not one of"),
+    "unspecified_answer": (lambda s: (s, [ComparisonData("x", "s0", "s1", 0)]), "not one of"),
+    "no_answer": (lambda s: (s, [ComparisonData("x", "s0", "s1", None)]), "not one of"),
+    "bad_answer": (lambda s: (s, [ComparisonData("x", "s0", "s1", 7)]), "not one of"),
     "segment_without_observations": (
         lambda s: ([SegmentData("s9", None, s[0].actions)], [ComparisonData("x", "s0", "s9", Preference.LEFT)]),
         "observations"),

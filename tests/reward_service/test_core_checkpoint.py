@@ -38,8 +38,8 @@ def make_data(rng: np.random.Generator, space: Space, n_segments: int, n_compari
     for k in range(n_comparisons):
         a, b = rng.choice(n_segments, 2, replace=False)
         left, right = segs[a].id, segs[b].id
-        label = answers[2] if k % 7 == 0 else (answers[0] if ret[left] > ret[right] else answers[1])
-        comps.append(ComparisonData(f"{prefix}c{k}", left, right, label))
+        answer = answers[2] if k % 7 == 0 else (answers[0] if ret[left] > ret[right] else answers[1])
+        comps.append(ComparisonData(f"{prefix}c{k}", left, right, answer))
     return segs, comps
 
 

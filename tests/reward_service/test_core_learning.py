@@ -79,8 +79,8 @@ def teacher(rng: np.random.Generator, ret: dict[str, float], n: int, prefix: str
     for k in range(n):
         a, b = rng.choice(len(ids), 2, replace=False)
         left, right = ids[a], ids[b]
-        label = Preference.LEFT if ret[left] > ret[right] else Preference.RIGHT
-        out.append(ComparisonData(f"{prefix}{k}", left, right, label))
+        answer = Preference.LEFT if ret[left] > ret[right] else Preference.RIGHT
+        out.append(ComparisonData(f"{prefix}{k}", left, right, answer))
     return out
 
 
@@ -378,7 +378,7 @@ def test_validation_modes_train_on_what_they_say(rng: np.random.Generator, mode:
     segs, ret = task.segments(120, "s")
     model = RewardModel(VEC, RewardConfig(members=3, seed=2, validation=mode))
     model.add_comparisons(segs, teacher(rng, ret, 300))
-    comps = model._comparisons
+    comps = model._buffer.comparisons  # the buffer's stored comparisons (val flag, bootstrap weights)
     held = sum(c.val for c in comps)
     out = model.train(20)
     if mode == "oob":

@@ -221,7 +221,7 @@ def test_add_comparisons_counts(stored):
     assert (r.added, r.duplicates, r.ignored, r.total) == (1, 1, 1, 2)
     stats = stored.Stats(reward_pb2.StatsRequest(), timeout=10)
     assert stats.comparisons == 2 and stats.architecture == "mlp"
-    assert Space.from_proto(stats.space) == HOPPER and len(stats.members) == 2
+    assert wire.space_from_proto(stats.space) == HOPPER and len(stats.members) == 2
 
 
 # ---- streaming -----------------------------------------------------------------------------

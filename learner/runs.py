@@ -1,0 +1,129 @@
+"""The run directory of `rlhp train` and the error a run stops with; shared by both runners
+(`learner.train.Trainer`, `learner.multi.MultiRunner`) and by `rlhp evaluate`.
+
+    runs/<name>/
+        config.yaml            the experiment config (`learner.configs.save`)
+        state.json             iteration and env steps of the last checkpoint (`write_state`)
+        policy/                the RLlib checkpoint (`save_policy_atomically`; `policy_dir` finds it)
+        reward/reward_model.pt the ensemble (reward_service.core.RewardModel.checkpoint)
+        labels.sqlite          the query service's database (segments, queries, labels, tokens)
+        tokens/<name>.token    the run's own tokens, kept across resumes (`query_service.tokens`)
+        metrics.csv            one row per iteration (`learner.metrics`)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "state.json"
+TOKEN_DIR = "tokens"
+
+
+class TrainError(RuntimeError):
+    """A run cannot start or continue; the message says why and what to do."""
+
+
+_library_log: Any = None  # the FileHandler of `library_logs_to`, once set
+
+
+def library_logs_to(path: Path) -> None:
+    """Send Ray's, RLlib's and Python's warnings (deprecations, "new API stack", gputil...) to the
+    file `path` instead of the terminal, where only the run's own progress lines belong.
+    `ray.init` and RLlib's imports drop or replace logger handlers: `reattach_library_logs` after
+    them (the Trainer does, after starting Ray and after building the algorithm)."""
+    import logging
+
+    global _library_log
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _library_log = logging.FileHandler(path)
+    _library_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.captureWarnings(True)
+    reattach_library_logs()
+
+
+def reattach_library_logs() -> None:
+    """Point Ray's and RLlib's loggers at the `library_logs_to` file again (no-op if never set)."""
+    import logging
+
+    if _library_log is None:
+        return
+    # records of a logger left without handlers (ray.init drops them, then logs) would otherwise
+    # reach stderr through logging.lastResort
+    logging.lastResort = _library_log
+    names = {"ray", "ray.rllib", "ray.tune", "py.warnings"} | {
+        n for n, lg in logging.root.manager.loggerDict.items()
+        if n.startswith("ray.") and isinstance(lg, logging.Logger) and lg.handlers}
+    for name in sorted(names):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.addHandler(_library_log)
+        logger.propagate = False
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (or Ctrl-C) asked the run to stop: it checkpoints and exits (`stop_on_signals`)."""
+
+
+def stop_on_signals() -> None:
+    """Make SIGTERM stop a run the way Ctrl-C does (raise `Stopped` in the main thread), so it
+    checkpoints and exits cleanly instead of dying mid-write. Call it again after `ray.init`, which
+    installs its own SIGTERM handler in the driver. A no-op outside the main thread (Ray Tune)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise Stopped(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def atomic_json(path: Path, data: dict) -> None:
+    """Write `data` as JSON beside `path`, then swap it in: a crash leaves the old file or the new."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def write_state(run_dir: Path, iteration: int, env_steps: int, experiment: str) -> None:
+    atomic_json(Path(run_dir) / STATE_FILE, {"iteration": iteration, "env_steps": env_steps,
+                                             "experiment": experiment, "time": time.time()})
+
+
+def read_state(run_dir: Path) -> dict | None:
+    """The saved `state.json` of a run, or None when it has none (a fresh run)."""
+    path = Path(run_dir) / STATE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def save_policy_atomically(algo: Any, path: Path) -> None:
+    """RLlib writes checkpoints in place; write beside, then swap, so a crash leaves a whole one."""
+    new, old = path.with_name(path.name + ".new"), path.with_name(path.name + ".old")
+    shutil.rmtree(new, ignore_errors=True)
+    algo.save_to_path(str(new))
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(new, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def policy_dir(run_dir: Path) -> Path | None:
+    """The newest complete policy checkpoint of a run (see `save_policy_atomically`)."""
+    for name in ("policy", "policy.old"):
+        if (Path(run_dir) / name / "rllib_checkpoint.json").exists():
+            return Path(run_dir) / name
+    return None
+
+
+def token_dir(run_dir: Path) -> Path:
+    """Where a run keeps the plain tokens it created for itself (mode 0600 files)."""
+    return Path(run_dir) / TOKEN_DIR

@@ -1,0 +1,74 @@
+"""The label-efficiency benchmark's bookkeeping (no training): how runs become the docs table."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def le():
+    spec = importlib.util.spec_from_file_location("label_efficiency", ROOT / "benchmarks" / "label_efficiency.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("label_efficiency", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _run(arm: str, steps: int, returns: list[float], seed: int = 1, labels: int = 0) -> dict:
+    n = len(returns)
+    rows = [dict(env_steps=steps * (i + 1) / n, true_return=r, labels=labels) for i, r in enumerate(returns)]
+    return dict(task="hopper", arm=arm, seed=seed, steps=steps, wall_s=10.0, rows=rows)
+
+
+def test_final_is_the_mean_of_the_last_tenth(le):
+    assert le.final([dict(true_return=float(i)) for i in range(20)]) == pytest.approx(18.5)
+    assert le.final([dict(true_return=float("nan")), dict(true_return=3.0)]) == 3.0
+
+
+def test_table_keeps_step_budgets_apart_and_scores_against_the_same_budget(le):
+    runs = [
+        _run("true", 1000, [0.0] * 9 + [100.0]),     # final 100 at 1k steps
+        _run("true", 2000, [0.0] * 9 + [400.0]),     # final 400 at 2k steps
+        _run("rlhp-700", 2000, [0.0] * 9 + [200.0], labels=700),
+        _run("rlhp-700", 2000, [0.0] * 9 + [600.0], seed=2, labels=690),
+    ]
+    table = le.mujoco_table(runs)
+    rows = [line for line in table.splitlines() if line.startswith("| hopper")]
+    assert len(rows) == 3, table  # true@1k, true@2k, rlhp-700@2k: budgets never averaged together
+    rlhp = next(r for r in rows if "rlhp-700" in r)
+    assert "| 2 |" in rlhp and "400.0 (200.0–600.0)" in rlhp
+    assert "| 100% |" in rlhp  # 400 against the 2k true arm's 400, not the 1k arm's 100
+    assert "| 695 |" in rlhp
+    assert "**100%** of true-reward PPO" in table
+
+
+def test_an_arm_with_a_set_is_scored_against_the_true_arm_run_with_the_same_set(le):
+    runs = [
+        _run("true", 2000, [0.0] * 9 + [400.0]),
+        _run("true-pen2", 2000, [0.0] * 9 + [100.0]),      # the same env change on the true reward
+        _run("rlhp-700-pen2", 2000, [0.0] * 9 + [100.0], labels=700),
+        _run("rlhp-700-beta1", 2000, [0.0] * 9 + [200.0], labels=700),  # teacher knob: plain true arm
+    ]
+    assert le._reference("rlhp-700-pen2", runs) == "true-pen2"
+    assert le._reference("rlhp-700-beta1", runs) == "true"
+    assert le._reference("rlhp-700", runs) == "true"
+    table = le.mujoco_table(runs)
+    pen = next(r for r in table.splitlines() if "rlhp-700-pen2" in r)
+    beta = next(r for r in table.splitlines() if "rlhp-700-beta1" in r)
+    assert "| 100% |" in pen and "| 50% |" in beta
+    true_pen = next(r for r in table.splitlines() if r.startswith("| hopper | true-pen2"))
+    assert "| – | – |" in true_pen  # a true arm has no percentage and no labels
+
+
+def test_score_is_the_share_of_the_true_arms_gain_over_the_initial_policy(le):
+    # Reacher-like: returns negative; true arm −40 → −10, rlhp −40 → −25: half the gain
+    runs = [_run("true", 1000, [-40.0] + [-30.0] * 8 + [-10.0]),
+            _run("rlhp-350", 1000, [-40.0] + [-30.0] * 8 + [-25.0], labels=350)]
+    row = next(r for r in le.mujoco_table(runs).splitlines() if "rlhp-350" in r)
+    assert "| -40.0 | 50% |" in row, row
