@@ -82,6 +82,11 @@ class RunConfig:
     """Random-policy segments collected before RL starts (0: enough for the initial labels)."""
     pretrain_steps: int = 500
     """Reward-model training steps on the initial labels before RL starts."""
+    reward_steps_per_iteration: int = 0
+    """Reward-model training steps the driver runs after every policy iteration, instead of training
+    in a background thread (embedded reward model only). The model then gets the same training per
+    env step on any machine under any load; in the background it gets what the CPUs leave over.
+    0: background training."""
     host: str = "127.0.0.1"
     """Where the embedded services bind (loopback by default; 0.0.0.0 exposes them)."""
     reward_port: int = 0

@@ -366,8 +366,12 @@ class Trainer:
                 self.collect_random_segments()
             self.wait_for_initial_labels()
             self.pretrain()
-        if self.model is not None:
+        sync_steps = self.cfg.run.reward_steps_per_iteration
+        if self.model is not None and sync_steps <= 0:
             self.model.start()
+        elif self.model is None and sync_steps > 0:
+            self.say("run.reward_steps_per_iteration applies to the embedded reward model only: the "
+                     f"reward service at {self.reward_address} trains on its own")
         self.start_ray()
         stop_on_signals()  # again: ray.init replaced the SIGTERM handler
         reattach_library_logs()  # and dropped the handlers of Ray's loggers
@@ -381,6 +385,8 @@ class Trainer:
                 t = time.time()
                 before = self.env_steps
                 result = self.algo.train()
+                if self.model is not None and sync_steps > 0:
+                    self.model.train(sync_steps)
                 self.iteration += 1
                 self.env_steps += int(_find(result, "env_runners", NUM_ENV_STEPS_SAMPLED, default=0))
                 row = self._row(result, time.time() - t, before)
