@@ -24,6 +24,13 @@ class RewardConfig:
     hidden: tuple[int, ...] = (64, 64)
     """Hidden layer widths of the MLP used for vector observations (the paper: two layers of 64)."""
 
+    normalize_inputs: bool = False
+    """Standardise each observation feature (MLP only) by its mean and std over the labelled
+    segments, refreshed at every training round and saved with the members. Raw CartPole features
+    differ ~20× in scale once the pole falls (angular velocity vs angle), and the MLP then learns
+    the angle slowly: on 60 random-policy labels the per-step corr(r̂, r) is 0.12 raw vs 0.37
+    standardised. Off by default until the MuJoCo table is measured with it; on in `classic`."""
+
     use_actions: bool = True
     """Give the action a_t to the predictor, r̂(o_t, a_t) as in the paper; False predicts r̂(o_t).
 

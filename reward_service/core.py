@@ -296,6 +296,7 @@ class RewardModel:
             return {"published": False, "version": self._snapshot.version, "steps": 0,
                     "reason": "no training comparisons yet", "comparisons": len(records)}
 
+        ens.fit_inputs(segs)
         done = ens.sgd(train, segs, steps, stop, interrupt)
         if done == 0 and steps > 0:  # stopped before the first step: nothing new to publish
             return {"published": False, "version": self._snapshot.version, "steps": 0,

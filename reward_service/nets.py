@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -61,7 +62,12 @@ class RewardMLP(nn.Module):
     def __init__(self, space: Space, config: RewardConfig) -> None:
         super().__init__()
         self.action = _ActionFeatures(space, config.use_actions)
-        width = int(math.prod(space.obs_shape)) + self.action.dim
+        n_obs = int(math.prod(space.obs_shape))
+        # Input standardisation (`RewardConfig.normalize_inputs`; identity unless set): buffers,
+        # so scoring copies and checkpoints carry them.
+        self.register_buffer("obs_mean", torch.zeros(n_obs))
+        self.register_buffer("obs_std", torch.ones(n_obs))
+        width = n_obs + self.action.dim
         layers: list[nn.Module] = []
         for h in config.hidden:
             layers += [nn.Linear(width, h), nn.LeakyReLU(config.leaky_slope)]
@@ -70,8 +76,20 @@ class RewardMLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([_scale(obs).reshape(obs.shape[0], -1), self.action(act)], dim=1)
+        o = (_scale(obs).reshape(obs.shape[0], -1) - self.obs_mean) / self.obs_std
+        x = torch.cat([o, self.action(act)], dim=1)
         return self.net(x).squeeze(1)
+
+    @torch.no_grad()
+    def set_input_norm(self, mean: np.ndarray, std: np.ndarray) -> None:
+        self.obs_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.obs_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before input standardisation existed: the identity.
+        for name, value in (("obs_mean", 0.0), ("obs_std", 1.0)):
+            state_dict.setdefault(prefix + name, torch.full(self.obs_mean.shape, value))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class _Dropout(nn.Module):

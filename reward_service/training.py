@@ -164,6 +164,17 @@ class Ensemble:
             members_stats.append((tr, va))
         return members_stats
 
+    def fit_inputs(self, segs: dict[str, Segment]) -> None:
+        """Standardise the members' inputs by the labelled segments' observation statistics
+        (`RewardConfig.normalize_inputs`; MLP members only)."""
+        if not self.config.normalize_inputs or not segs or not hasattr(self.members[0], "set_input_norm"):
+            return
+        obs = np.concatenate([s[0].reshape(len(s[0]), -1) for s in segs.values()]).astype(np.float64)
+        mean, std = obs.mean(axis=0), obs.std(axis=0)
+        std = np.where(std > 1e-6, std, 1.0)
+        for member in self.members:
+            member.set_input_norm(mean, std)
+
     def normalisation(self, pool: list[Segment]) -> tuple[np.ndarray, np.ndarray]:
         """Per-member mean and std of the raw output on the most recent labelled transitions."""
         m = self.config.members

@@ -73,6 +73,23 @@ def test_smoke_run_then_resume_continues_counts(tmp_path, ray_local):
     assert len(rows2) - 1 == second["iterations"]  # appended, header once
 
 
+def test_reward_steps_per_iteration_trains_in_the_driver_not_in_the_background(tmp_path, ray_local):
+    cfg = experiment.resolve(ENV, "smoke", runs_dir=str(tmp_path),
+                             sets=["run.max_env_steps=1000", "run.pretrain_steps=5",
+                                   "run.reward_steps_per_iteration=7"])
+    run_dir = tmp_path / cfg.experiment
+    run_dir.mkdir(parents=True)
+    trainer = Trainer(cfg, run_dir, out=lambda line: None)
+    try:
+        summary = trainer.run()
+        assert not trainer.model.training  # no background thread
+        stats = trainer.model.stats()
+    finally:
+        trainer.close()
+    assert summary["iterations"] >= 2
+    assert stats.train_steps == 5 + 7 * summary["iterations"]
+
+
 def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert train_main(["--env", ENV, "--set", "reward.nope=1", "--runs-dir", str(tmp_path)]) == 2
     assert "unknown config field 'reward.nope'" in capsys.readouterr().err
