@@ -150,10 +150,13 @@ def preset(name: str | None, env_id: str) -> ExperimentConfig:
             # = RL_SETTINGS["classic"] (see the measurements there), kept explicit so that
             # `--preset classic` on an env of another family gets them too
             rl=RLConfig(overrides=dict(lr=1e-3, train_batch_size_per_learner=1000)),
-            reward=RewardConfig(members=3, hidden=(64, 64), steps_per_round=50, use_actions=False),
+            reward=RewardConfig(members=3, hidden=(64, 64), steps_per_round=50, use_actions=False,
+                                normalize_inputs=True),
             query=QueryConfig(label_budget=200, initial_labels=60, schedule_n0=10_000.0,
                               total_env_steps=float(steps), max_segments=1000),
-            run=RunConfig(max_env_steps=steps, pretrain_steps=300),
+            # 100 reward-model steps per 1k-step PPO iteration, run by the driver: the same training
+            # on any machine (in the background it got ~750 steps in a whole 40k-step run here).
+            run=RunConfig(max_env_steps=steps, pretrain_steps=300, reward_steps_per_iteration=100),
         )
     if name == "mujoco":
         steps = 1_000_000

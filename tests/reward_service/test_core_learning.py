@@ -423,3 +423,42 @@ def test_state_only_predictor_ignores_actions(rng: np.random.Generator) -> None:
     with_actions.add_comparisons(segs, teacher(rng, ret, 100))
     with_actions.train(20)
     assert not np.array_equal(with_actions.score(obs, a)[0], with_actions.score(obs, -a)[0])
+
+
+def test_normalized_inputs_make_the_model_independent_of_observation_units(tmp_path, rng) -> None:
+    # Standardised inputs: observations in other units (per-feature scale and offset) train the
+    # same members to the same scores. Without standardisation they do not.
+    task = LinearTask(rng)
+    segs, ret = task.segments(60, "s")
+    test_segs, _ = task.segments(20, "h")
+    comps = teacher(rng, ret, 120)
+    scale = np.array([1000.0, 0.01, 1, 50, 3, 0.2, 7, 100], dtype=np.float32)
+    shift = np.array([5.0, -3, 0, 20, 1, 0, -8, 2], dtype=np.float32)
+
+    def in_units(ss: list[SegmentData]) -> list[SegmentData]:
+        return [SegmentData(s.id, s.observations * scale + shift, s.actions) for s in ss]
+
+    def scores(normalize: bool, convert: bool) -> np.ndarray:
+        cfg = RewardConfig(members=2, seed=5, normalize_inputs=normalize)
+        model = RewardModel(VEC, cfg, checkpoint_dir=str(tmp_path / f"{normalize}{convert}"))
+        model.add_comparisons(in_units(segs) if convert else segs, comps)
+        model.train(60)
+        probe = in_units(test_segs) if convert else test_segs
+        pred = predicted_returns(model, probe)
+        path, _ = model.checkpoint()  # the statistics travel with the members
+        np.testing.assert_allclose(predicted_returns(RewardModel.load(path), probe), pred, rtol=1e-5,
+                                   atol=1e-5)
+        return pred
+
+    same_units = scores(True, False)
+    np.testing.assert_allclose(scores(True, True), same_units, rtol=1e-3, atol=1e-3)
+    assert not np.allclose(scores(False, True), scores(False, False), rtol=1e-2, atol=1e-2)
+
+
+def test_members_without_input_statistics_load_as_the_identity() -> None:
+    cfg = RewardConfig(normalize_inputs=True)
+    old = {k: v for k, v in build_member(VEC, cfg).state_dict().items() if not k.startswith("obs_")}
+    member = build_member(VEC, cfg)
+    member.set_input_norm(np.full(8, 3.0), np.full(8, 2.0))
+    member.load_state_dict(old)
+    assert torch.equal(member.obs_mean, torch.zeros(8)) and torch.equal(member.obs_std, torch.ones(8))
