@@ -1,4 +1,5 @@
-"""The query service core in-process: validation, auth, schedule, leases, labels, selection, forwarding."""
+"""The query service core in-process: validation, auth, schedule, leases, labels (selection and forwarding:
+`test_selection.py`, `test_forwarding.py`)."""
 
 from __future__ import annotations
 
@@ -10,51 +11,9 @@ import pytest
 
 from query_service.config import QueryConfig
 from query_service.core import QueryService
+from query_service.testing import open_experiment, segment_records
 from query_service.types import SegmentRecord
-from reward_service.types import AddResult
 from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, Preference, Unauthenticated
-
-
-class Clock:
-    def __init__(self, t: float = 1_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def records(n: int, exp: str = "Hop", length: int = 10, start: int = 0, obs_dim: int = 4, random_policy=False,
-            rng=None, center=0.0, prefix="s") -> list[SegmentRecord]:
-    rng = rng or np.random.default_rng(start)
-    out = []
-    for i in range(start, start + n):
-        out.append(SegmentRecord(
-            id=f"{prefix}{i}", experiment=exp, env_id="Hopper-v5",
-            observations=(center + rng.normal(size=(length, obs_dim))).astype(np.float32),
-            actions=rng.normal(size=(length, 1)).astype(np.float32),
-            true_rewards=rng.normal(size=length).astype(np.float32), env_step=i, fps=20.0,
-            random_policy=random_policy))
-    return out
-
-
-@pytest.fixture
-def clock():
-    return Clock()
-
-
-@pytest.fixture
-def svc(tmp_path, clock):
-    s = QueryService(tmp_path / "run", QueryConfig.smoke(initial_labels=0), clock=clock, seed=0)
-    yield s
-    s.close()
-
-
-def setup(svc, n=20, env_steps=10**9, **kw):
-    prod = svc.create_token("actors", "producer")
-    alice = svc.create_token("alice", "labeler")
-    svc.add_segments(prod, records(n, **kw))
-    svc.report_progress(prod, "Hop", env_steps)
-    return prod, alice
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -84,7 +43,7 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_malformed_segments_are_refused_and_nothing_is_stored(svc, case):
     prod = svc.create_token("actors", "producer")
-    good = records(3)
+    good = segment_records(3)
     with pytest.raises(InvalidRequest):
         svc.add_segments(prod, good[:2] + [_bad(good[2], **BAD[case])])
     assert svc.stats().experiments == () or svc.stats().experiments[0].segments == 0
@@ -92,21 +51,21 @@ def test_malformed_segments_are_refused_and_nothing_is_stored(svc, case):
 
 def test_shape_must_match_the_experiment(svc):
     prod = svc.create_token("actors", "producer")
-    svc.add_segments(prod, records(2))
+    svc.add_segments(prod, segment_records(2))
     with pytest.raises(InvalidRequest, match="experiment 'Hop' stores"):
-        svc.add_segments(prod, records(2, start=5, obs_dim=6))
+        svc.add_segments(prod, segment_records(2, start=5, obs_dim=6))
     assert svc.stats().experiments[0].segments == 2
 
 
 def test_duplicates_and_eviction_keeps_queried_segments(tmp_path, clock):
     svc = QueryService(tmp_path, QueryConfig.smoke(max_segments=10, initial_labels=0), clock=clock, seed=1)
-    prod, alice = setup(svc, n=10)
-    r = svc.add_segments(prod, records(3))  # s0..s2 again
+    prod, alice = open_experiment(svc, n=10)
+    r = svc.add_segments(prod, segment_records(3))  # s0..s2 again
     assert (r.accepted, r.duplicates, r.dropped, r.stored) == (0, 3, 0, 10)
     assert svc.select_once() == 4
     queried = svc.store.conn().execute("SELECT left_id, right_id FROM queries").fetchall()
     queried = {i for row in queried for i in row}
-    r = svc.add_segments(prod, records(10, start=100))
+    r = svc.add_segments(prod, segment_records(10, start=100))
     assert r.accepted == 10 and r.stored == 10 and r.dropped == 10
     kept = {row[0] for row in svc.store.conn().execute("SELECT id FROM segments")}
     assert queried <= kept  # segments of queries survive eviction
@@ -116,12 +75,12 @@ def test_duplicates_and_eviction_keeps_queried_segments(tmp_path, clock):
 
 # ------------------------------------------------------------------------------------ auth
 def test_tokens(svc):
-    prod, alice = setup(svc)
+    prod, alice = open_experiment(svc)
     for bad in ("", None, "nope"):
         with pytest.raises(Unauthenticated):
             svc.lease(bad)
     with pytest.raises(Unauthenticated, match="role"):
-        svc.add_segments(alice, records(1))
+        svc.add_segments(alice, segment_records(1))
     with pytest.raises(Unauthenticated, match="role"):
         svc.lease(prod)
     svc.revoke_token("alice")
@@ -136,7 +95,7 @@ def test_tokens(svc):
 
 def test_restricted_labeler_never_gets_other_experiments(svc):
     prod = svc.create_token("actors", "producer")
-    svc.add_segments(prod, records(10, exp="A") + records(10, exp="B", start=50))
+    svc.add_segments(prod, segment_records(10, exp="A") + segment_records(10, exp="B", start=50))
     svc.report_progress(prod, "A", 10**9)
     svc.report_progress(prod, "B", 10**9)
     svc.select_once()
@@ -189,7 +148,7 @@ def test_schedule_drives_selection_and_waiting_for_says_why(svc):
     lease = svc.lease(alice, ["Pong"])
     assert not lease.available and "0 segments so far for Pong" in lease.waiting_for
     cfg = svc.config  # smoke: budget 40, initial 0, N0 1000
-    svc.add_segments(prod, records(30))
+    svc.add_segments(prod, segment_records(30))
     p = svc.report_progress(prod, "Hop", 0)
     assert p.labels_wanted == 0 and p.label_budget == 40
     assert svc.select_once() == 0
@@ -214,7 +173,7 @@ def test_schedule_drives_selection_and_waiting_for_says_why(svc):
 def test_initial_batch_uses_random_policy_segments(tmp_path, clock):
     svc = QueryService(tmp_path, QueryConfig.smoke(initial_labels=6, queue_target=6), clock=clock, seed=0)
     prod = svc.create_token("actors", "producer")
-    svc.add_segments(prod, records(6, random_policy=True) + records(20, start=100))
+    svc.add_segments(prod, segment_records(6, random_policy=True) + segment_records(20, start=100))
     svc.report_progress(prod, "Hop", 0)
     assert svc.select_once() == 6
     rows = svc.store.conn().execute("SELECT left_id, right_id, initial, model_version FROM queries").fetchall()
@@ -225,7 +184,7 @@ def test_initial_batch_uses_random_policy_segments(tmp_path, clock):
 
 # ------------------------------------------------------------------------------------ labels
 def test_submit_rules(svc, clock):
-    prod, alice = setup(svc)
+    prod, alice = open_experiment(svc)
     bob = svc.create_token("bob", "labeler")
     svc.select_once()
     lease = svc.lease(alice)
@@ -249,7 +208,7 @@ def test_submit_rules(svc, clock):
 
 
 def test_lease_expires_and_late_answer_is_accepted(svc, clock):
-    prod, alice = setup(svc)
+    prod, alice = open_experiment(svc)
     bob = svc.create_token("bob", "labeler")
     svc.select_once()
     first = svc.lease(alice, lease_seconds=5).query
@@ -270,7 +229,7 @@ def test_lease_expires_and_late_answer_is_accepted(svc, clock):
 
 
 def test_release_sends_query_to_the_back(svc):
-    prod, alice = setup(svc)
+    prod, alice = open_experiment(svc)
     svc.select_once()
     q1 = svc.lease(alice).query
     svc.release(alice, q1.id)
@@ -288,7 +247,7 @@ def test_concurrent_labelers_never_share_a_live_query(tmp_path):
     cfg = QueryConfig.smoke(initial_labels=0, queue_target=40, label_budget=40)
     svc = QueryService(tmp_path, cfg, seed=0)
     prod = svc.create_token("actors", "producer")
-    svc.add_segments(prod, records(30))
+    svc.add_segments(prod, segment_records(30))
     svc.report_progress(prod, "Hop", 10**9)
     assert svc.select_once() == 40
     tokens = [svc.create_token(f"l{i}", "labeler") for i in range(8)]
@@ -322,7 +281,7 @@ def test_concurrent_labelers_never_share_a_live_query(tmp_path):
 
 
 def test_teacher_sees_true_rewards(svc):
-    prod, alice = setup(svc)
+    prod, alice = open_experiment(svc)
     teach = svc.create_token("teacher", "teacher")
     svc.select_once()
     q = svc.lease(teach).query
@@ -334,7 +293,7 @@ def test_teacher_sees_true_rewards(svc):
 def test_state_survives_restart(tmp_path, clock):
     cfg = QueryConfig.smoke(initial_labels=0)
     svc = QueryService(tmp_path, cfg, clock=clock, seed=0)
-    prod, alice = setup(svc)
+    prod, alice = open_experiment(svc)
     svc.select_once()
     q1 = svc.lease(alice).query
     svc.submit(alice, q1.id, Preference.LEFT)
@@ -355,7 +314,7 @@ def test_state_survives_restart(tmp_path, clock):
 def test_get_clip_rules(svc):
     prod = svc.create_token("actors", "producer")
     alice = svc.create_token("alice", "labeler")
-    recs = records(4)
+    recs = segment_records(4)
     rng = np.random.default_rng(0)
     from dataclasses import replace
     recs = [replace(r, frames=rng.integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)) for r in recs]
@@ -381,7 +340,7 @@ def test_get_clip_served_from_cache_without_loading_the_segment(svc, monkeypatch
     alice = svc.create_token("alice", "labeler")
     rng = np.random.default_rng(0)
     from dataclasses import replace
-    recs = [replace(r, frames=rng.integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)) for r in records(4)]
+    recs = [replace(r, frames=rng.integers(0, 255, (10, 16, 16, 3), dtype=np.uint8)) for r in segment_records(4)]
     svc.add_segments(prod, recs)
     svc.report_progress(prod, "Hop", 10**9)
     svc.select_once()
@@ -398,7 +357,7 @@ def test_get_clip_served_from_cache_without_loading_the_segment(svc, monkeypatch
 
 
 def test_lease_order_puts_skipped_queries_last_and_offers_them_again(svc):
-    prod, alice = setup(svc)
+    prod, alice = open_experiment(svc)
     svc.select_once()
     order = [r[0] for r in svc.store.conn().execute(
         "SELECT id FROM queries WHERE state='queued' ORDER BY order_key, disagreement DESC")]
@@ -429,152 +388,3 @@ def test_lease_expiry_and_next_query_use_indexes(svc):
     assert "queries_lease_expiry" in plans["expire"], plans
     assert "queries_queued" in plans["next"], plans
     assert "queries_state" in plans["next_scoped"], plans
-
-
-# ------------------------------------------------------------------------------------ forwarding
-class FakeReward:
-    def __init__(self) -> None:
-        self.fail = False
-        self.seen: dict[str, Preference] = {}
-        self.calls = 0
-
-    def add_comparisons(self, segments, comparisons):
-        self.calls += 1
-        if self.fail:
-            raise ConnectionError("reward service down")
-        ids = {s.id for s in segments}
-        dup = 0
-        for c in comparisons:
-            assert c.left_id in ids and c.right_id in ids
-            if c.id in self.seen:
-                dup += 1
-            self.seen[c.id] = c.answer
-        return AddResult(len(comparisons) - dup, dup, 0, len(self.seen))
-
-    def disagreement(self, segments, pairs):
-        raise ConnectionError("reward service down")
-
-
-def test_forwarding_is_at_least_once_and_survives_restarts(tmp_path, clock):
-    cfg = QueryConfig.smoke(initial_labels=0)
-    fake = FakeReward()
-    svc = QueryService(tmp_path, cfg, reward=fake, clock=clock, seed=0)
-    prod, alice = setup(svc)
-    svc.report_progress(prod, "Hop", 10**9)
-    assert svc.select_once() == cfg.queue_target  # disagreement failed: random fallback
-    assert svc.selection_fallbacks == 1
-    for _ in range(3):
-        svc.submit(alice, svc.lease(alice).query.id, Preference.LEFT)
-    fake.fail = True
-    with pytest.raises(ConnectionError):
-        svc.forward_once()
-    assert svc.unforwarded() == 3
-    svc.close()  # the query service restarts; nothing forwarded yet
-    svc = QueryService(tmp_path, cfg, reward=fake, clock=clock, seed=0)
-    fake.fail = False
-    assert svc.forward_once() == 3 and svc.unforwarded() == 0
-    assert set(fake.seen.values()) == {Preference.LEFT}
-    assert svc.stats().experiments[0].labels_forwarded == 3
-    # a re-send (e.g. crash between call and mark) is harmless: the reward side counts duplicates
-    assert svc.reforward() == 3
-    assert svc.forward_once() == 3 and svc.forward_duplicates == 3 and len(fake.seen) == 3
-    # the background thread retries with backoff until it gets through
-    fake.fail = True
-    svc.start()
-    svc.submit(alice, svc.lease(alice).query.id, Preference.RIGHT)
-    import time
-    deadline = time.time() + 10
-    while svc.forward_failures < 2 and time.time() < deadline:
-        time.sleep(0.05)
-    assert svc.forward_failures >= 2 and svc.unforwarded() == 1
-    fake.fail = False
-    while svc.unforwarded() and time.time() < deadline:
-        time.sleep(0.05)
-    assert svc.unforwarded() == 0 and len(fake.seen) == 4
-    svc.close()
-
-
-# ------------------------------------------------------------------------------------ selection
-def test_selection_prefers_pairs_the_real_ensemble_disagrees_on(tmp_path):
-    """Train a real RewardModel on comparisons from one region of observation space (around 0), then
-    offer candidates from that region and from an unexplored one (around 4): the enqueued queries are
-    the ones the ensemble is unsure about, well above the average candidate pair."""
-    from reward_service.config import RewardConfig
-    from reward_service.core import RewardModel
-    from reward_service.types import ComparisonData, SegmentData
-    from rlhp.wire import Space
-
-    space = Space(obs_shape=(4,), action_kind="box", act_shape=(1,))
-    # The premise below (the ensemble is less sure off its data) holds for this seed with the
-    # paper's shared validation split; it is a property of 3 small MLPs, not of selection.
-    model = RewardModel(space, RewardConfig.smoke(members=3, seed=0, validation="split"))
-    rng = np.random.default_rng(0)
-    w = np.array([1.0, -1.0, 0.5, 0.0])
-    train = records(60, rng=rng, prefix="t")
-    segs = [SegmentData(r.id, r.observations, r.actions) for r in train]
-    ret = {r.id: float((r.observations @ w).sum()) for r in train}
-    comps = [ComparisonData(f"c{i}", a.id, b.id, Preference.LEFT if ret[a.id] > ret[b.id] else Preference.RIGHT)
-             for i, (a, b) in enumerate(zip(train[::2], train[1::2]))]
-    comps += [ComparisonData(f"d{i}", a.id, b.id, Preference.LEFT if ret[a.id] > ret[b.id] else Preference.RIGHT)
-              for i, (a, b) in enumerate(zip(train[:30], train[30:]))]
-    model.add_comparisons(segs, comps)
-    model.train(300)
-    assert model.version > 0
-
-    cfg = QueryConfig.smoke(initial_labels=0, queue_target=6, oversampling=10, candidate_pool=200)
-    svc = QueryService(tmp_path, cfg, reward=model, seed=3)
-    prod = svc.create_token("actors", "producer")
-    near = records(30, rng=rng, prefix="near")
-    far = records(30, rng=rng, prefix="far", center=4.0)
-    svc.add_segments(prod, near + far)
-    svc.report_progress(prod, "Hop", 10**9)
-    assert svc.select_once() == 6
-    rows = svc.store.conn().execute("SELECT left_id, right_id, disagreement, model_version FROM queries").fetchall()
-    assert all(r["model_version"] == model.version for r in rows)
-
-    # the disagreement of every possible pair, measured independently
-    pool = near + far
-    all_segs = [SegmentData(r.id, r.observations, r.actions) for r in pool]
-    pairs = [(a.id, b.id) for i, a in enumerate(pool) for b in pool[i + 1:]]
-    std, _, _ = model.disagreement(all_segs, pairs)
-    chosen = np.array([r["disagreement"] for r in rows])
-    std_of = dict(zip(pairs, std))
-    for r in rows:  # recorded values are the ensemble's
-        key = (r["left_id"], r["right_id"]) if (r["left_id"], r["right_id"]) in std_of else (r["right_id"], r["left_id"])
-        assert std_of[key] == pytest.approx(r["disagreement"], rel=1e-4, abs=1e-6)
-    far_pairs = np.array([("far" in a) or ("far" in b) for a, b in pairs])
-    print(f"\nmean disagreement: chosen {chosen.mean():.4f}, all pairs {std.mean():.4f}, "
-          f"pairs touching the unexplored region {std[far_pairs].mean():.4f}, "
-          f"pairs inside the trained region {std[~far_pairs].mean():.4f}")
-    assert std[far_pairs].mean() > std[~far_pairs].mean()  # the premise: off-distribution is uncertain
-    assert chosen.mean() > 1.5 * std.mean()
-    assert chosen.min() > np.median(std)
-    chosen_far = np.mean([("far" in r["left_id"]) or ("far" in r["right_id"]) for r in rows])
-    assert chosen_far > far_pairs.mean()
-    svc.close()
-
-
-def test_later_queries_show_the_policy_not_the_random_segments(tmp_path, clock):
-    cfg = QueryConfig.smoke(initial_labels=2, queue_target=8, min_policy_segments=5, selection="random")
-    svc = QueryService(tmp_path, cfg, clock=clock, seed=0)
-    prod = svc.create_token("actors", "producer")
-    alice = svc.create_token("alice", "labeler")
-    svc.add_segments(prod, records(10, random_policy=True))
-    svc.report_progress(prod, "Hop", 0)
-    assert svc.select_once() == 2
-    for _ in range(2):
-        svc.submit(alice, svc.lease(alice).query.id, Preference.LEFT)
-    svc.add_segments(prod, records(4, start=100))  # fewer policy segments than the minimum: mixed
-    svc.report_progress(prod, "Hop", 10**9)
-    svc.select_once()
-    with svc.store.read() as c:
-        mixed = c.execute("SELECT left_id, right_id FROM queries WHERE initial=0").fetchall()
-    with svc.store.write() as c:
-        c.execute("DELETE FROM queries WHERE initial=0")
-    assert mixed and any(int(i[1:]) < 100 for r in mixed for i in r)
-    svc.add_segments(prod, records(10, start=200))
-    svc.select_once()
-    with svc.store.read() as c:
-        later = c.execute("SELECT left_id, right_id FROM queries WHERE initial=0").fetchall()
-    assert len(later) == 8 and all(int(i[1:]) >= 100 for r in later for i in r)
-    svc.close()

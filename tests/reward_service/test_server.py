@@ -1,17 +1,13 @@
-"""The reward service's gRPC server, through the raw generated stub and as a subprocess.
+"""The reward service's gRPC server, through the raw generated stub and the client.
 
 Bad requests get INVALID_ARGUMENT with a message a person understands, and the server keeps
-serving; streaming returns chunks in order; Atari-sized batches stream; the command line starts,
-answers and shuts down cleanly with a checkpoint.
+serving; streaming returns chunks in order; Atari-sized batches stream. The command line
+(`python -m reward_service`) is `test_command.py`.
 """
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import grpc
@@ -20,7 +16,7 @@ import pytest
 
 from rlhp import wire
 from rlhp.v1 import common_pb2, reward_pb2, reward_pb2_grpc
-from rlhp.wire import Preference, Space
+from rlhp.wire import Space
 from reward_service.client import RewardClient
 from reward_service.config import RewardConfig
 from reward_service.core import CHECKPOINT_NAME, RewardModel
@@ -355,99 +351,6 @@ def test_internal_error_keeps_serving(server, model, stub, monkeypatch):
         stub.Stats(reward_pb2.StatsRequest(), timeout=10)
     assert info.value.code() == grpc.StatusCode.INTERNAL and "disk on fire" in info.value.details()
     still_serving(stub)
-
-
-# ---- the command line ----------------------------------------------------------------------
-
-
-def _env() -> dict:
-    return dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-
-
-def test_help_exits_zero():
-    r = subprocess.run([sys.executable, "-m", "reward_service", "--help"], cwd=ROOT, env=_env(),
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert "--obs-space" in r.stdout and "11/box:3" in r.stdout and "discrete:N" in r.stdout
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--obs-space", "eleven/box:3"], "cannot parse space"),
-    ([], "--obs-space is required"),
-    (["--obs-space", "11/box:3", "--members", "0"], "--members must be >= 1"),
-    (["--resume"], "--resume needs --checkpoint-dir"),
-    (["--obs-space", "11/box:3", "--port", "70000"], "not a port number"),
-])
-def test_bad_arguments_exit_2_without_traceback(args, message):
-    r = subprocess.run([sys.executable, "-m", "reward_service", *args], cwd=ROOT, env=_env(),
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert message in r.stderr and "Traceback" not in r.stderr
-
-
-def _start(tmp_path, *extra: str) -> tuple[subprocess.Popen, int]:
-    port_file = tmp_path / "port"
-    port_file.unlink(missing_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "reward_service", "--port", "0", "--obs-space", "11/box:3", "--smoke",
-         "--threads", "1", "--checkpoint-dir", str(tmp_path / "ckpt"), "--port-file", str(port_file), *extra],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 120
-    while not port_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"reward service did not start:\n{proc.communicate()[0]}")
-        time.sleep(0.1)
-    return proc, int(port_file.read_text())
-
-
-def _terminate(proc: subprocess.Popen, sig=signal.SIGTERM) -> str:
-    proc.send_signal(sig)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"reward service did not exit after {sig.name}:\n{proc.communicate()[0]}")
-    assert proc.returncode == 0, out
-    return out
-
-
-def test_subprocess_serves_and_checkpoints_on_sigterm(tmp_path):
-    proc, port = _start(tmp_path)
-    try:
-        address = f"127.0.0.1:{port}"
-        with RewardClient(address, timeout=30) as client:
-            stats = client.stats()
-            assert stats.space == HOPPER and stats.model_version == 0
-            segs = [_segment_data(f"s{i}", i) for i in range(4)]
-            from reward_service.types import ComparisonData
-
-            client.add_comparisons(segs, [ComparisonData("c0", "s0", "s1", Preference.LEFT),
-                                          ComparisonData("c1", "s2", "s3", Preference.RIGHT)])
-            rewards, _ = client.score(*transitions(16))
-            assert rewards.shape == (16,)
-    finally:
-        out = _terminate(proc)
-    assert f"listening on 127.0.0.1:{port}" in out
-    assert "final checkpoint" in out and "Traceback" not in out
-    ckpt = tmp_path / "ckpt" / CHECKPOINT_NAME
-    assert ckpt.stat().st_size > 0
-    assert RewardModel.load(str(ckpt)).stats().comparisons == 2
-
-    # --resume picks the checkpoint up; SIGINT also exits cleanly.
-    proc, port = _start(tmp_path, "--resume")
-    try:
-        with RewardClient(f"127.0.0.1:{port}", timeout=30) as client:
-            assert client.stats().comparisons == 2
-    finally:
-        _terminate(proc, signal.SIGINT)
-
-
-def _segment_data(sid: str, seed: int):
-    from reward_service.types import SegmentData
-
-    obs, act = transitions(T, seed)
-    return SegmentData(sid, obs, act)
 
 
 # ---- client: versions across chunks, fork ----------------------------------------------------
