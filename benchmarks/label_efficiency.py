@@ -340,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed0", type=int, default=1, help="first seed (default 1)")
     p.add_argument("--labels", default="350,700,1400", help="label budgets of the rlhp arms (MuJoCo)")
     p.add_argument("--steps", type=int, help="env steps per MuJoCo run (default per task, e.g. 1M Hopper)")
-    p.add_argument("--arms", default="true,rlhp", help="which MuJoCo arms: true, rlhp or both")
+    p.add_argument("--arms", default="true,rlhp", choices=("true", "rlhp", "true,rlhp", "rlhp,true", "both"),
+                   help="which MuJoCo arms: true, rlhp, or both (true,rlhp; the default)")
     p.add_argument("--teacher", action="append", default=[], metavar="KEY=VALUE",
                    help="synthetic teacher knob for the rlhp arms, e.g. beta=1 or mistake_prob=0.2")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{run['labels']} labels, {run['wall_s']:.0f} s", flush=True)
                 continue
             steps = args.steps or DEFAULT_STEPS[task]
-            arms = [a.strip() for a in args.arms.split(",")]
+            arms = ["true", "rlhp"] if args.arms == "both" else args.arms.split(",")
             for seed in seeds:
                 # a --set (env options, RL settings) applies to the true-reward arm too, under its own
                 # name; a teacher knob alone does not change it
