@@ -83,3 +83,41 @@ def backflips(qpos: np.ndarray) -> dict[str, float]:
 
 
 hopper_backflip.measure = backflips  # type: ignore[attr-defined]
+hopper_backflip.description = (  # type: ignore[attr-defined]
+    "do backflips: the hopper turns over backwards, in the air rather than rolling on the floor")
+
+
+# ---- the goal in words, for labelers ---------------------------------------------------------
+
+# What a person is asked to prefer when the goal is the env's own reward, per env family; the
+# labeling page shows it above the clips ("Which clip is closer to the goal?").
+GOAL_TEXTS = {
+    "Pong": "win points: get the ball past the opponent (the right paddle is yours) and do not let it past you",
+    "Breakout": "break bricks with the ball and do not let the ball fall past the paddle",
+    "Enduro": "pass as many cars as possible without crashing",
+    "SpaceInvaders": "shoot the invaders and avoid their shots",
+    "Seaquest": "shoot sharks and submarines, rescue divers, and surface before the oxygen runs out",
+    "Qbert": "change the colour of the cubes by hopping on them, without falling off or being caught",
+    "BeamRider": "destroy enemy ships and dodge what they shoot",
+    "Hopper": "move forward (to the right) fast without falling",
+    "Walker2d": "walk forward (to the right) fast without falling",
+    "HalfCheetah": "run forward (to the right) as fast as possible",
+    "Ant": "walk forward fast without flipping over",
+    "Swimmer": "swim forward (to the right) fast",
+    "Reacher": "touch the target (the small ball) with the tip of the arm, using little force",
+    "InvertedPendulum": "keep the pole upright",
+    "InvertedDoublePendulum": "keep both poles upright and balanced",
+    "CartPole": "keep the pole upright and the cart near the middle",
+    "Pendulum": "swing the pendulum up and keep it upright",
+}
+
+
+def default_goal_text(env_id: str) -> str:
+    """The goal in words for `env_id` when the env's reward is the goal (a generic one for games
+    and tasks without their own line)."""
+    base = env_id.split("/", 1)[-1].split("-v", 1)[0].replace("NoFrameskip", "").replace("Fixed", "")
+    if base in GOAL_TEXTS:
+        return GOAL_TEXTS[base]
+    if env_id.startswith("ALE/"):
+        return "score points in the game"
+    return "do the task the environment is built for, as well as possible"

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from actors.envs import is_atari
+from actors.goals import default_goal_text, load_goal
 from learner.presets import PRESETS, preset_for
 from learner import configs
 from query_service.config import QueryConfig
@@ -25,6 +26,10 @@ class EnvConfig:
     """Share of the sampled non-overlapping windows streamed to the query service as candidates."""
     env_opts: dict = field(default_factory=dict)
     """Extra keyword options for `actors.envs.make_env` (e.g. `terminal_on_life_loss`)."""
+    goal_text: str = ""
+    """The task in words, shown to labelers above the clips and stored with every label
+    (`rlhp train --goal`); "" takes the goal function's `description` when `teacher.goal` is set,
+    else the env family's default (`actors.goals.default_goal_text`)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,17 @@ class ExperimentConfig:
     @property
     def experiment(self) -> str:
         return self.run.name or default_name(self.env.env_id)
+
+    @property
+    def goal_text(self) -> str:
+        """What labelers are told the goal is (see `EnvConfig.goal_text`)."""
+        if self.env.goal_text.strip():
+            return self.env.goal_text.strip()
+        if self.teacher.goal:
+            described = getattr(load_goal(self.teacher.goal), "description", "")
+            if described:
+                return str(described)
+        return default_goal_text(self.env.env_id)
 
     @property
     def env_options(self) -> dict:

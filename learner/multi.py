@@ -110,6 +110,8 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[GroupMember]]:
     for i, (env_id, name) in enumerate(zip(envs, names)):
         cfg = experiment.resolve(env_id, args.preset, args.config, sets, name=name, runs_dir=str(group),
                                  max_env_steps=args.steps, labelers=args.labelers)
+        if getattr(args, "goal", None):
+            cfg = configs.apply(cfg, {"env": {"goal_text": args.goal}})
         # one seed per game, so that two copies of a game are two different experiments
         cfg = replace(cfg, run=replace(cfg.run, seed=(args.seed if args.seed is not None else cfg.run.seed) + i))
         if cfg.query.initial > cfg.query.label_budget:

@@ -141,12 +141,14 @@ class Trainer:
                  f"run directory {self.run_dir}")
 
     def report_progress(self, client: Any) -> Any:
-        """Env steps to the query service; a shared one (many games) also learns this run's reward
-        service address, env id and label budget, so it routes this experiment's labels here."""
+        """Env steps and the goal in words to the query service; a shared one (many games) also learns
+        this run's reward service address, env id and label budget, so it routes this experiment's
+        labels here."""
         if self.qcore is not None:
-            return client.report_progress(self.experiment, self.env_steps)
+            return client.report_progress(self.experiment, self.env_steps, goal=self.cfg.goal_text)
         return client.report_progress(self.experiment, self.env_steps, reward_address=self.reward_address or "",
-                                      env_id=self.cfg.env.env_id, label_budget=self.cfg.query.label_budget)
+                                      env_id=self.cfg.env.env_id, label_budget=self.cfg.query.label_budget,
+                                      goal=self.cfg.goal_text)
 
     def _create_token(self, name: str, role: str) -> str:
         """A token of this run, kept in its run directory: a resumed run reuses it."""

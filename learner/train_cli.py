@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=int, help="label budget (query.label_budget)")
     p.add_argument("--labelers", choices=("synthetic", "human"), help="who answers queries")
     p.add_argument("--seed", type=int)
+    p.add_argument("--goal", metavar="TEXT",
+                   help="the task in words, shown to labelers above the clips (env.goal_text; default per "
+                        "env family, e.g. Pong: \"win points ...\", Hopper: \"move forward fast without falling\")")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto) instead of a local one")
     p.add_argument("--reward-address", help="use a running reward service (HOST:PORT)")
@@ -72,6 +75,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, Path, 
         if args.steps:
             cfg = configs.apply(cfg, {"run": {"max_env_steps": args.steps},
                                       "query": {"total_env_steps": float(args.steps)}})
+        if args.goal:
+            cfg = configs.apply(cfg, {"env": {"goal_text": args.goal}})
         return cfg, run_dir, True
     if not args.env:
         raise TrainError("give --env (e.g. --env ALE/Pong-v5) or --resume RUN_DIR")
@@ -82,6 +87,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, Path, 
     cfg = experiment.resolve(env, args.preset, args.config, sets, name=args.name,
                              runs_dir=args.runs_dir, max_env_steps=args.steps,
                              labelers=args.labelers, seed=args.seed)
+    if args.goal:
+        cfg = configs.apply(cfg, {"env": {"goal_text": args.goal}})
     if cfg.query.initial > cfg.query.label_budget:
         cfg = replace(cfg, query=replace(cfg.query, initial_labels=cfg.query.label_budget))
     run_dir = Path(cfg.run.runs_dir) / cfg.experiment

@@ -91,10 +91,10 @@ class QueryClient:
         return AddSegmentsResult(acc, dup, drop, stored)
 
     def report_progress(self, experiment: str, env_steps: int, reward_address: str = "", env_id: str = "",
-                        label_budget: int = 0) -> Progress:
+                        label_budget: int = 0, goal: str = "") -> Progress:
         r = self._rpc("ReportProgress", query_pb2.ReportProgressRequest(
             experiment=experiment, env_steps=int(env_steps), reward_address=reward_address or "",
-            env_id=env_id or "", label_budget=int(label_budget or 0)))
+            env_id=env_id or "", label_budget=int(label_budget or 0), goal=goal or ""))
         return codec.progress_from_proto(r)
 
     # -- labelers ------------------------------------------------------------------------------

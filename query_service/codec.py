@@ -62,7 +62,7 @@ def record_to_proto(r: SegmentRecord, out: query_pb2.SegmentRecord | None = None
 def query_to_proto(q: QueryData) -> query_pb2.Query:
     m = query_pb2.Query(id=q.id, experiment=q.experiment, env_id=q.env_id, left_id=q.left_id,
                         right_id=q.right_id, lease_expires=q.lease_expires, model_version=q.model_version,
-                        fps=q.fps, length=q.length)
+                        fps=q.fps, length=q.length, goal=q.goal)
     if q.left_rewards is not None:
         wire.to_tensor(np.asarray(q.left_rewards, np.float32), m.teacher.left_rewards)
         wire.to_tensor(np.asarray(q.right_rewards, np.float32), m.teacher.right_rewards)
@@ -73,6 +73,7 @@ def query_from_proto(m: query_pb2.Query) -> QueryData:
     teach = wire.has_tensor(m.teacher.left_rewards)
     return QueryData(id=m.id, experiment=m.experiment, env_id=m.env_id, left_id=m.left_id, right_id=m.right_id,
                      lease_expires=m.lease_expires, model_version=m.model_version, fps=m.fps, length=m.length,
+                     goal=m.goal,
                      left_rewards=wire.from_tensor(m.teacher.left_rewards) if teach else None,
                      right_rewards=wire.from_tensor(m.teacher.right_rewards) if teach else None)
 
@@ -130,7 +131,7 @@ def stats_to_proto(s: QueryStats) -> query_pb2.QueryStatsResponse:
         m.experiments.add(experiment=e.experiment, env_id=e.env_id, segments=e.segments,
                           queries_pending=e.queries_pending, queries_leased=e.queries_leased, labels=e.labels,
                           labels_wanted=e.labels_wanted, label_budget=e.label_budget, env_steps=e.env_steps,
-                          labels_forwarded=e.labels_forwarded)
+                          labels_forwarded=e.labels_forwarded, goal=e.goal)
     for lab in s.labelers:
         m.labelers.add(name=lab.name, answered=lab.answered, mean_seconds=lab.mean_seconds)
     return m
@@ -139,6 +140,6 @@ def stats_to_proto(s: QueryStats) -> query_pb2.QueryStatsResponse:
 def stats_from_proto(r: query_pb2.QueryStatsResponse) -> QueryStats:
     return QueryStats(
         tuple(ExperimentStats(e.experiment, e.env_id, e.segments, e.queries_pending, e.queries_leased, e.labels,
-                              e.labels_wanted, e.label_budget, e.env_steps, e.labels_forwarded)
+                              e.labels_wanted, e.label_budget, e.env_steps, e.labels_forwarded, e.goal)
               for e in r.experiments),
         tuple(LabelerStats(x.name, x.answered, float(np.float32(x.mean_seconds))) for x in r.labelers))

@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rlhp.types import FailedPrecondition, InvalidRequest, NotFound, Preference
+from rlhp.types import FailedPrecondition, NotFound, Preference
 
 from reward_service.types import RewardBackend
 
@@ -208,16 +208,7 @@ class QueryService:
         accepted = duplicates = dropped = 0
         stored = 0
         with self.store.write() as c:
-            for exp, (env_id, obs_key, act_key) in shapes.items():  # ... and with what is stored
-                row = Store.progress_shapes(c, exp)
-                if row is None:
-                    Store.insert_progress(c, exp, env_id, self.config.label_budget, obs_key, act_key, now)
-                elif not row["obs_shape"]:
-                    Store.set_progress_shapes(c, exp, env_id, obs_key, act_key)
-                elif (row["obs_shape"], row["act_shape"]) != (obs_key, act_key):
-                    raise InvalidRequest(
-                        f"experiment {exp!r} stores observations {row['obs_shape']} and actions "
-                        f"[{row['act_shape']}] per step, but this request sends {obs_key} and [{act_key}]")
+            Store.agree_shapes(c, shapes, self.config.label_budget, now)  # ... and with what is stored
             for row in rows:
                 n = Store.insert_segment(c, row)
                 accepted += n
@@ -231,7 +222,7 @@ class QueryService:
         return AddSegmentsResult(accepted, duplicates, dropped, stored)
 
     def report_progress(self, token: str, experiment: str, env_steps: int, reward_address: str = "",
-                        env_id: str = "", label_budget: int = 0) -> Progress:
+                        env_id: str = "", label_budget: int = 0, goal: str = "") -> Progress:
         """Record env steps T (kept monotone); returns where the label schedule stands.
 
         `reward_address` (HOST:PORT) routes this experiment's selection and forwarding to its own
@@ -239,7 +230,8 @@ class QueryService:
         re-sends the experiment's labels there: a reward model restored from an older checkpoint gets
         those it missed, the others count as duplicates. `label_budget` > 0 replaces the service's
         default budget for this experiment (its schedule is the default one scaled to that budget);
-        `env_id` names the game for labelers.
+        `env_id` names the game for labelers; `goal` ("" keeps the one known) is the task in words,
+        shown to labelers above the clips and stored with each label.
         """
         caller = self._auth.authenticate(token, PRODUCER_ROLES)
         experiment = intake.experiment_name(experiment)
@@ -250,9 +242,10 @@ class QueryService:
             raise FailedPrecondition("this query service cannot reach reward services by address (it was "
                                      "started without a reward_factory); its own reward model is used")
         env_id = intake.text(env_id, "env_id")
+        goal = intake.text(goal, "goal")
         with self.store.write() as c:
             Store.report_progress(c, experiment, env_id, steps, budget or self.config.label_budget, self.clock(),
-                                  set_budget=bool(budget))
+                                  set_budget=bool(budget), goal=goal)
             old = self._routes.address(experiment)
             moved = bool(address) and address != old
             if moved:
@@ -359,7 +352,7 @@ class QueryService:
                     experiment=e, env_id=s["env_id"], segments=s["segments"],
                     queries_pending=s["queued"] + s["leased"] - live, queries_leased=live, labels=s["labels"],
                     labels_wanted=s["wanted"], label_budget=s["budget"], env_steps=s["env_steps"],
-                    labels_forwarded=Store.count_forwarded(c, e)))
+                    labels_forwarded=Store.count_forwarded(c, e), goal=s["goal"]))
             labelers = tuple(LabelerStats(name, int(n), float(secs or 0.0))
                              for name, n, secs in Store.labeler_stats(c))
         return QueryStats(tuple(exps), labelers)

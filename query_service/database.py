@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS labels (
     seconds REAL NOT NULL,
     created REAL NOT NULL,
     model_version INTEGER NOT NULL,
-    forwarded INTEGER NOT NULL DEFAULT 0
+    forwarded INTEGER NOT NULL DEFAULT 0,
+    goal TEXT NOT NULL DEFAULT ''  -- the task in words, as the labeler was shown it
 );
 CREATE INDEX IF NOT EXISTS labels_forwarded ON labels (forwarded, created);
 CREATE INDEX IF NOT EXISTS labels_labeler ON labels (labeler);
@@ -95,9 +96,17 @@ CREATE TABLE IF NOT EXISTS progress (
     label_budget INTEGER NOT NULL,
     obs_shape TEXT NOT NULL DEFAULT '',
     act_shape TEXT NOT NULL DEFAULT '',
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    goal TEXT NOT NULL DEFAULT ''
 );
 """
+
+# Columns added after a table's first release: (table, column, declaration). A database written by
+# an older version gets them on open (`ALTER TABLE ... ADD COLUMN`); its rows take the default.
+_ADDED_COLUMNS = (
+    ("progress", "goal", "TEXT NOT NULL DEFAULT ''"),
+    ("labels", "goal", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 def pack(**arrays: np.ndarray | None) -> bytes:
@@ -142,6 +151,15 @@ class Database:
         self._conns_lock = threading.Lock()
         self._closed = False
         self.conn().executescript(_SCHEMA)
+        self._add_columns()
+
+    def _add_columns(self) -> None:
+        """Bring a database of an older version up to the schema (columns only ever get added)."""
+        with self.write() as c:
+            for table, column, decl in _ADDED_COLUMNS:
+                have = {row["name"] for row in c.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def conn(self) -> sqlite3.Connection:
         if self._closed:

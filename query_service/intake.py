@@ -102,6 +102,17 @@ def batch_shapes(records: Sequence[SegmentRecord]) -> dict[str, tuple[str, str, 
     return out
 
 
+def check_shapes(experiment: str, stored: Any, obs_key: str, act_key: str) -> None:
+    """Refuse segments whose per-step shapes differ from those `stored` for `experiment` (a row with
+    `obs_shape`, `act_shape`; None or empty shapes: nothing stored yet, anything goes)."""
+    if stored is None or not stored["obs_shape"]:
+        return
+    if (stored["obs_shape"], stored["act_shape"]) != (obs_key, act_key):
+        raise InvalidRequest(
+            f"experiment {experiment!r} stores observations {stored['obs_shape']} and actions "
+            f"[{stored['act_shape']}] per step, but this request sends {obs_key} and [{act_key}]")
+
+
 def as_array(value: Any, what: str) -> np.ndarray:
     """`value` as a finite numeric array (InvalidRequest otherwise)."""
     if value is None:

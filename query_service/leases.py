@@ -58,6 +58,7 @@ class Leases:
             exp, ids = row["experiment"], (row["left_id"], row["right_id"])
             # columns only: the compressed arrays stay untouched (teachers get just the true rewards)
             meta = Store.segment_columns(c, exp, ids)
+            goal = Store.experiment_goal(c, exp)
         if len(meta) != 2:  # cannot happen: queried segments are never evicted
             raise FailedPrecondition(f"the segments of query {row['id']} are gone")
         left = meta[ids[0]]
@@ -65,7 +66,7 @@ class Leases:
         q = QueryData(id=row["id"], experiment=exp, env_id=left["env_id"], left_id=ids[0], right_id=ids[1],
                       lease_expires=expires, model_version=int(row["model_version"]), fps=float(left["fps"]),
                       length=int(left["length"]), left_rewards=rewards.get(ids[0]),
-                      right_rewards=rewards.get(ids[1]))
+                      right_rewards=rewards.get(ids[1]), goal=goal)
         return Lease(True, q, "", pending, answered)
 
     def submit(self, caller: Caller, query_id: str, answer: Preference | int | str, seconds: float = 0.0

@@ -22,9 +22,9 @@ class LocalClient:
         return self.core.add_segments(self.token, records)
 
     def report_progress(self, experiment: str, env_steps: int, reward_address: str = "", env_id: str = "",
-                        label_budget: int = 0) -> Progress:
+                        label_budget: int = 0, goal: str = "") -> Progress:
         return self.core.report_progress(self.token, experiment, env_steps, reward_address=reward_address,
-                                         env_id=env_id, label_budget=label_budget)
+                                         env_id=env_id, label_budget=label_budget, goal=goal)
 
     def lease(self, experiments: Sequence[str] = (), lease_seconds: float = 0) -> Lease:
         return self.core.lease(self.token, experiments, lease_seconds)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from typing import Any
 from dataclasses import replace
 
 from .config import QueryConfig
@@ -42,13 +43,13 @@ class Schedule:
         return self.config_for(self.config.label_budget if label_budget is None
                                else label_budget).labels_wanted(env_steps)
 
-    def position(self, c: sqlite3.Connection, experiment: str) -> dict[str, int]:
-        """env_steps, budget, labels, queued, leased, wanted, segments and env_id of `experiment`."""
+    def position(self, c: sqlite3.Connection, experiment: str) -> dict[str, Any]:
+        """env_steps, budget, labels, queued, leased, wanted, segments, env_id and goal of `experiment`."""
         s = Store.experiment_counts(c, experiment)
         budget = self.config.label_budget if s["label_budget"] is None else s["label_budget"]
         return dict(env_steps=s["env_steps"], budget=budget, labels=s["labels"], queued=s["queued"],
                     leased=s["leased"], wanted=self.config_for(budget).labels_wanted(s["env_steps"]),
-                    segments=s["segments"], env_id=s["env_id"])
+                    segments=s["segments"], env_id=s["env_id"], goal=s["goal"])
 
     def why_waiting(self, c: sqlite3.Connection, scope: list[str] | None) -> str:
         """Why no query of `scope` (None: every experiment) can be leased now, in words."""

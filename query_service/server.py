@@ -40,7 +40,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
     def ReportProgress(self, request: Any, context: grpc.ServicerContext) -> Any:
         p = self.core.report_progress(rpc.token_from(context), request.experiment, request.env_steps,
                                       reward_address=request.reward_address, env_id=request.env_id,
-                                      label_budget=request.label_budget)
+                                      label_budget=request.label_budget, goal=request.goal)
         return codec.progress_to_proto(p)
 
     @rpc.handle_errors

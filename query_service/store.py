@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from . import intake
 from .database import DB_NAME, Database, pack, unpack
 from .types import SegmentRecord
 
@@ -167,6 +168,20 @@ class Store(Database):
                   "act_shape, updated) VALUES (?, ?, 0, ?, ?, ?, ?)",
                   (experiment, env_id, label_budget, obs_shape, act_shape, now))
 
+    @classmethod
+    def agree_shapes(cls, c: sqlite3.Connection, shapes: dict[str, tuple[str, str, str]], label_budget: int,
+                     now: float) -> None:
+        """Record the per-step shapes of `shapes` (experiment -> (env_id, obs key, action key), from
+        `intake.batch_shapes`) for experiments that have none yet; `intake.check_shapes` refuses a
+        batch whose shapes differ from those stored."""
+        for exp, (env_id, obs_key, act_key) in shapes.items():
+            row = cls.progress_shapes(c, exp)
+            intake.check_shapes(exp, row, obs_key, act_key)
+            if row is None:
+                cls.insert_progress(c, exp, env_id, label_budget, obs_key, act_key, now)
+            elif not row["obs_shape"]:
+                cls.set_progress_shapes(c, exp, env_id, obs_key, act_key)
+
     @staticmethod
     def set_progress_shapes(c: sqlite3.Connection, experiment: str, env_id: str, obs_shape: str,
                             act_shape: str) -> None:
@@ -175,21 +190,27 @@ class Store(Database):
 
     @staticmethod
     def report_progress(c: sqlite3.Connection, experiment: str, env_id: str, env_steps: int, label_budget: int,
-                        now: float, set_budget: bool) -> None:
+                        now: float, set_budget: bool, goal: str = "") -> None:
         """Create or move on `experiment`'s progress: env steps only grow; the budget is replaced
-        when `set_budget`, the env id when `env_id` is given."""
-        c.execute("INSERT INTO progress (experiment, env_id, env_steps, label_budget, updated) "
-                  "VALUES (?, ?, ?, ?, ?) ON CONFLICT (experiment) DO UPDATE SET "
+        when `set_budget`, the env id and goal when given."""
+        c.execute("INSERT INTO progress (experiment, env_id, env_steps, label_budget, updated, goal) "
+                  "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experiment) DO UPDATE SET "
                   "env_steps=MAX(env_steps, excluded.env_steps), updated=excluded.updated"
                   + (", label_budget=excluded.label_budget" if set_budget else "")
-                  + (", env_id=excluded.env_id" if env_id else ""),
-                  (experiment, env_id, env_steps, label_budget, now))
+                  + (", env_id=excluded.env_id" if env_id else "")
+                  + (", goal=excluded.goal" if goal else ""),
+                  (experiment, env_id, env_steps, label_budget, now, goal))
+
+    @staticmethod
+    def experiment_goal(c: sqlite3.Connection, experiment: str) -> str:
+        row = c.execute("SELECT goal FROM progress WHERE experiment=?", (experiment,)).fetchone()
+        return row["goal"] if row else ""
 
     @staticmethod
     def experiment_counts(c: sqlite3.Connection, experiment: str) -> dict[str, Any]:
         """Where `experiment` stands: env_steps, label_budget (None without a progress row), env_id,
         and the counts of its labels, queued and leased queries, and segments."""
-        prog = c.execute("SELECT env_steps, label_budget, env_id FROM progress WHERE experiment=?",
+        prog = c.execute("SELECT env_steps, label_budget, env_id, goal FROM progress WHERE experiment=?",
                          (experiment,)).fetchone()
         labels = c.execute("SELECT COUNT(*) FROM labels WHERE experiment=?", (experiment,)).fetchone()[0]
         counts = dict(c.execute("SELECT state, COUNT(*) FROM queries WHERE experiment=? AND state!='answered' "
@@ -197,7 +218,7 @@ class Store(Database):
         segments = c.execute("SELECT COUNT(*) FROM segments WHERE experiment=?", (experiment,)).fetchone()[0]
         return dict(env_steps=int(prog["env_steps"]) if prog else 0,
                     label_budget=int(prog["label_budget"]) if prog else None,
-                    env_id=prog["env_id"] if prog else "", labels=labels, queued=counts.get("queued", 0),
+                    env_id=prog["env_id"] if prog else "", goal=prog["goal"] if prog else "", labels=labels, queued=counts.get("queued", 0),
                     leased=counts.get("leased", 0), segments=segments)
 
     # -- segment rows --------------------------------------------------------------------------
@@ -333,13 +354,48 @@ class Store(Database):
     @staticmethod
     def insert_label(c: sqlite3.Connection, query: sqlite3.Row, answer: int, labeler: str, seconds: float,
                      now: float) -> None:
-        """Store the label of `query` (a `queries` row) and mark the query answered."""
+        """Store the label of `query` (a `queries` row) with the goal its labeler was shown, and mark
+        the query answered."""
         c.execute("INSERT INTO labels (query_id, experiment, left_id, right_id, answer, labeler, seconds, "
-                  "created, model_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  "created, model_version, goal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                  "COALESCE((SELECT goal FROM progress WHERE experiment=?), ''))",
                   (query["id"], query["experiment"], query["left_id"], query["right_id"], answer, labeler,
-                   seconds, now, query["model_version"]))
+                   seconds, now, query["model_version"], query["experiment"]))
         c.execute("UPDATE queries SET state='answered', lease_owner=NULL, lease_expires=NULL WHERE id=?",
                   (query["id"],))
+
+    @staticmethod
+    def insert_imported_label(c: sqlite3.Connection, lab: dict) -> None:
+        """A label read from a label set (`labelsets`): its query row, answered, and the label itself,
+        not yet forwarded."""
+        c.execute("INSERT INTO queries (id, experiment, left_id, right_id, model_version, disagreement, state, "
+                  "created, order_key, initial) VALUES (?, ?, ?, ?, ?, NULL, 'answered', ?, ?, 0)",
+                  (lab["query_id"], lab["experiment"], lab["left_id"], lab["right_id"], lab["model_version"],
+                   lab["created"], lab["created"]))
+        c.execute("INSERT INTO labels (query_id, experiment, left_id, right_id, answer, labeler, seconds, created, "
+                  "model_version, goal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (lab["query_id"], lab["experiment"], lab["left_id"], lab["right_id"], lab["answer"],
+                   lab["labeler"], lab["seconds"], lab["created"], lab["model_version"], lab["goal"]))
+
+    @staticmethod
+    def labels_for_export(c: sqlite3.Connection, experiments: list[str]) -> list[sqlite3.Row]:
+        """Every label of `experiments` (all when empty), oldest first, with its experiment's env id."""
+        where, args = ("WHERE l.experiment IN (%s)" % ",".join("?" * len(experiments)), experiments) \
+            if experiments else ("", [])
+        return c.execute("SELECT l.*, p.env_id FROM labels l LEFT JOIN progress p ON p.experiment=l.experiment "
+                         f"{where} ORDER BY l.created, l.query_id", args).fetchall()
+
+    @staticmethod
+    def segment_rows(c: sqlite3.Connection, experiment: str, ids: list[str], media: bool) -> list[sqlite3.Row]:
+        """The stored rows (blobs still compressed) of `experiment`'s segments among `ids`."""
+        cols = "id, experiment, env_id, length, env_step, fps, random_policy, data" + (", media" if media else "")
+        unique = list(dict.fromkeys(ids))
+        out: list[sqlite3.Row] = []
+        for i in range(0, len(unique), 500):
+            chunk = unique[i:i + 500]
+            out += c.execute(f"SELECT {cols} FROM segments WHERE experiment=? AND id IN "
+                             f"({','.join('?' * len(chunk))})", (experiment, *chunk)).fetchall()
+        return out
 
     @staticmethod
     def count_answered(c: sqlite3.Connection, labeler: str) -> int:

@@ -64,6 +64,7 @@ class QueryData:
     length: int
     left_rewards: np.ndarray | None = None  # true rewards: teacher tokens only
     right_rewards: np.ndarray | None = None
+    goal: str = ""  # the experiment's task in words (what "closer to the goal" means)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class ExperimentStats:
     label_budget: int
     env_steps: int
     labels_forwarded: int
+    goal: str = ""
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ class QueryBackend(Protocol):
         """Store candidate segments (producers); all or nothing."""
 
     def report_progress(self, experiment: str, env_steps: int, reward_address: str = "", env_id: str = "",
-                        label_budget: int = 0) -> Progress:
+                        label_budget: int = 0, goal: str = "") -> Progress:
         """Env steps of `experiment` (producers); returns where its label schedule stands."""
 
     def lease(self, experiments: Sequence[str] = (), lease_seconds: float = 0) -> Lease:

@@ -110,6 +110,8 @@
     document.body.classList.remove("idle");
     status(null);
     $("experiment").textContent = `${q.experiment} · ${q.env_id}` + (q.model_version ? ` · model v${q.model_version}` : "");
+    $("goal-text").textContent = q.goal || "";
+    $("goal").hidden = !q.goal;
     setButtons(true);
     const pair = pairs.active;
     restart(pair);
@@ -159,6 +161,7 @@
     document.body.classList.add("idle");
     setButtons(false);
     $("experiment").textContent = "—";
+    $("goal").hidden = true;
     status(text, kind, detail);
   }
 

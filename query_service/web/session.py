@@ -65,7 +65,8 @@ class _Slot:
 
 
 def query_json(q: Any) -> dict:
-    return {"id": q.id, "experiment": q.experiment, "env_id": q.env_id, "model_version": int(q.model_version),
+    return {"id": q.id, "experiment": q.experiment, "env_id": q.env_id, "goal": getattr(q, "goal", ""),
+            "model_version": int(q.model_version),
             "fps": float(q.fps), "length": int(q.length), "lease_expires": float(q.lease_expires)}
 
 

@@ -1,4 +1,4 @@
-"""`--set FIELD=VALUE` parsing."""
+"""`--set FIELD=VALUE` parsing, and the goal in words (`env.goal_text`, `--goal`)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,22 @@ def test_set_reaches_the_config_and_rejects_bad_items():
     assert cfg.rl.overrides == {"vf_clip_param": 1e10}
     with pytest.raises(configs.ConfigError):
         configs.parse_set(["no-equals-sign"])
+
+
+def test_the_goal_in_words_defaults_per_env_family_and_can_be_given(tmp_path):
+    from learner.train_cli import build_parser, config_from_args
+
+    assert experiment.resolve("ALE/Pong-v5", "smoke").goal_text.startswith("win points")
+    assert experiment.resolve("Hopper-v5", "smoke").goal_text == "move forward (to the right) fast without falling"
+    assert "upright" in experiment.resolve("rlhp/FixedCartPole-v0", "smoke").goal_text
+    assert experiment.resolve("ALE/Tennis-v5", "smoke").goal_text == "score points in the game"
+    # a teacher goal (not the env reward) brings its own description
+    flip = experiment.resolve("Hopper-v5", "smoke", sets=["teacher.goal=actors.goals:hopper_backflip"])
+    assert flip.goal_text.startswith("do backflips")
+    # `rlhp train --goal` wins, and is saved with the run (it may hold a colon: no YAML parsing)
+    args = build_parser().parse_args(["--env", "Hopper-v5", "--preset", "smoke", "--runs-dir", str(tmp_path),
+                                      "--goal", "hop: high, not far"])
+    cfg, _, _ = config_from_args(args)
+    assert cfg.env.goal_text == "hop: high, not far" and cfg.goal_text == "hop: high, not far"
+    configs.save(cfg, tmp_path / "config.yaml")
+    assert experiment.load(str(tmp_path / "config.yaml")).goal_text == "hop: high, not far"

@@ -199,3 +199,25 @@ def test_the_core_builds_no_reward_client_of_its_own(tmp_path):
     finally:
         core.close()
         routed.close()
+
+
+def test_the_goal_reaches_labelers_stats_and_every_label(backend):
+    prod, alice = ready(backend)
+    assert alice.lease().query.goal == ""  # none given yet
+    prod.report_progress(EXP, 10**9, goal="move forward fast without falling")
+    lease = alice.lease()
+    assert lease.query.goal == "move forward fast without falling"
+    prod.report_progress(EXP, 10**9)  # "" keeps the goal known
+    assert prod.stats().experiments[0].goal == "move forward fast without falling"
+    alice.submit(lease.query.id, Preference.LEFT)
+    prod.report_progress(EXP, 10**9, goal="hop backwards")  # a new goal: later labels carry it
+    second = alice.lease().query
+    assert second.goal == "hop backwards"
+    alice.submit(second.id, Preference.RIGHT)
+    with backend.core.store.read() as c:
+        stored = dict(c.execute("SELECT query_id, goal FROM labels").fetchall())
+    assert stored == {lease.query.id: "move forward fast without falling", second.id: "hop backwards"}
+    with pytest.raises(InvalidRequest, match="goal"):
+        prod.report_progress(EXP, 10**9, goal="x" * 201)
+    with pytest.raises(InvalidRequest, match="goal"):
+        prod.report_progress(EXP, 10**9, goal="two\nlines")

@@ -109,3 +109,30 @@ def test_writers_of_one_process_take_turns_without_busy_waits(tmp_path):
     assert a.conn().execute("SELECT COUNT(*) FROM n").fetchone()[0] == 400
     a.close()
     b.close()
+
+
+def test_a_database_of_an_older_version_gets_the_new_columns_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    # progress and labels as version 1 wrote them (no goal columns)
+    with sqlite3.connect(tmp_path / DB_NAME) as c:
+        c.execute("CREATE TABLE progress (experiment TEXT PRIMARY KEY, env_id TEXT NOT NULL DEFAULT '', "
+                  "env_steps INTEGER NOT NULL DEFAULT 0, label_budget INTEGER NOT NULL, obs_shape TEXT NOT NULL "
+                  "DEFAULT '', act_shape TEXT NOT NULL DEFAULT '', updated REAL NOT NULL)")
+        c.execute("CREATE TABLE labels (query_id TEXT PRIMARY KEY, experiment TEXT NOT NULL, left_id TEXT NOT NULL, "
+                  "right_id TEXT NOT NULL, answer INTEGER NOT NULL, labeler TEXT NOT NULL, seconds REAL NOT NULL, "
+                  "created REAL NOT NULL, model_version INTEGER NOT NULL, forwarded INTEGER NOT NULL DEFAULT 0)")
+        c.execute("INSERT INTO progress VALUES ('Hop', 'Hopper-v5', 500, 700, '', '', 1.0)")
+        c.execute("INSERT INTO labels VALUES ('q1', 'Hop', 'a', 'b', 1, 'alice', 2.0, 1.0, 3, 1)")
+    s = Store(tmp_path)
+    with s.read() as c:
+        assert Store.experiment_goal(c, "Hop") == ""
+        assert tuple(c.execute("SELECT answer, labeler, goal FROM labels").fetchone()) == (1, "alice", "")
+    with s.write() as c:
+        Store.report_progress(c, "Hop", "", 600, 700, 2.0, set_budget=False, goal="hop")
+    s.close()
+    s = Store(tmp_path)  # opening it again adds nothing twice
+    with s.read() as c:
+        assert Store.experiment_goal(c, "Hop") == "hop"
+        assert Store.experiment_counts(c, "Hop")["env_steps"] == 600
+    s.close()

@@ -115,7 +115,7 @@ def test_label_with_arrow_key_and_next_pair_shows(stack, browser):
     producer = core.create_token("actor", "producer")
     token = core.create_token("alice", "labeler")
     core.add_segments(producer, atari_segments("pong", 8))
-    core.report_progress(producer, "pong", 0)
+    core.report_progress(producer, "pong", 0, goal="win points against the left paddle")
     assert core.select_once() >= 3
     web = stack.web(token)
 
@@ -131,6 +131,9 @@ def test_label_with_arrow_key_and_next_pair_shows(stack, browser):
     page.wait_for_function(f"() => {{ const t = ({TIMES})(); return t[0] !== {t0[0]} && t[1] !== {t0[1]}; }}",
                            timeout=5_000)
     assert "pong" in page.inner_text("#experiment")
+    # The labeler is told what the goal is, above the clips.
+    assert page.is_visible("#goal")
+    assert page.inner_text("#goal") == "Goal: win points against the left paddle"
     # The next pair is preloaded into the hidden players before we answer.
     page.wait_for_function(HIDDEN_READY, timeout=20_000)
     nxt = page.evaluate("window.rlhpState.preloaded")
@@ -141,6 +144,9 @@ def test_label_with_arrow_key_and_next_pair_shows(stack, browser):
     # The label is durable in SQLite, with the answer LEFT and the right labeler.
     row = wait_label(core.run_dir / "labels.sqlite", first)
     assert row == (int(Preference.LEFT), "alice"), console
+    with sqlite3.connect(core.run_dir / "labels.sqlite") as c:  # the goal it was given under
+        assert c.execute("SELECT goal FROM labels WHERE query_id=?", (first,)).fetchone()[0] == \
+            "win points against the left paddle"
     # The preloaded pair is now on screen and playing.
     page.wait_for_function(f"() => window.rlhpState.shown === {nxt!r}", timeout=5_000)
     page.wait_for_function(ACTIVE_READY, timeout=10_000)
@@ -171,7 +177,7 @@ def test_waiting_message_when_queue_is_empty(stack, browser):
         timeout=10_000)
     detail = page.inner_text("#status")
     assert "breakout" in detail  # the service's waiting_for text says what the run waits for
-    assert page.is_hidden("#buttons")
+    assert page.is_hidden("#buttons") and page.is_hidden("#goal")
     page.screenshot(path="/tmp/rlhp_label_waiting.png")
     # Polling picks up queries once they exist.
     producer = stack.core.create_token("actor", "producer")

@@ -177,6 +177,7 @@ class ReportProgressRequest(_message.Message):
     REWARD_ADDRESS_FIELD_NUMBER: _builtins.int
     ENV_ID_FIELD_NUMBER: _builtins.int
     LABEL_BUDGET_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     env_steps: _builtins.int
     """total env steps so far (monotone)"""
@@ -189,6 +190,8 @@ class ReportProgressRequest(_message.Message):
     """gymnasium id of the experiment (shown to labelers)"""
     label_budget: _builtins.int
     """0: the service's default budget"""
+    goal: _builtins.str
+    """the task in words, shown to labelers ("": keep the one known)"""
     def __init__(
         self,
         *,
@@ -197,10 +200,11 @@ class ReportProgressRequest(_message.Message):
         reward_address: _builtins.str = ...,
         env_id: _builtins.str = ...,
         label_budget: _builtins.int = ...,
+        goal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_id", b"env_id", "env_steps", b"env_steps", "experiment", b"experiment", "label_budget", b"label_budget", "reward_address", b"reward_address"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_id", b"env_id", "env_steps", b"env_steps", "experiment", b"experiment", "goal", b"goal", "label_budget", b"label_budget", "reward_address", b"reward_address"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,6 +309,7 @@ class Query(_message.Message):
     FPS_FIELD_NUMBER: _builtins.int
     LENGTH_FIELD_NUMBER: _builtins.int
     TEACHER_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     experiment: _builtins.str
     env_id: _builtins.str
@@ -317,6 +322,8 @@ class Query(_message.Message):
     fps: _builtins.float
     length: _builtins.int
     """steps per segment"""
+    goal: _builtins.str
+    """the experiment's task in words: what "closer to the goal" means"""
     @_builtins.property
     def teacher(self) -> Global___TeacherView: ...
     def __init__(
@@ -332,10 +339,11 @@ class Query(_message.Message):
         fps: _builtins.float = ...,
         length: _builtins.int = ...,
         teacher: Global___TeacherView | None = ...,
+        goal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["teacher", b"teacher"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_id", b"env_id", "experiment", b"experiment", "fps", b"fps", "id", b"id", "lease_expires", b"lease_expires", "left_id", b"left_id", "length", b"length", "model_version", b"model_version", "right_id", b"right_id", "teacher", b"teacher"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_id", b"env_id", "experiment", b"experiment", "fps", b"fps", "goal", b"goal", "id", b"id", "lease_expires", b"lease_expires", "left_id", b"left_id", "length", b"length", "model_version", b"model_version", "right_id", b"right_id", "teacher", b"teacher"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -540,6 +548,7 @@ class ExperimentStats(_message.Message):
     LABEL_BUDGET_FIELD_NUMBER: _builtins.int
     ENV_STEPS_FIELD_NUMBER: _builtins.int
     LABELS_FORWARDED_FIELD_NUMBER: _builtins.int
+    GOAL_FIELD_NUMBER: _builtins.int
     experiment: _builtins.str
     env_id: _builtins.str
     segments: _builtins.int
@@ -550,6 +559,7 @@ class ExperimentStats(_message.Message):
     label_budget: _builtins.int
     env_steps: _builtins.int
     labels_forwarded: _builtins.int
+    goal: _builtins.str
     def __init__(
         self,
         *,
@@ -563,10 +573,11 @@ class ExperimentStats(_message.Message):
         label_budget: _builtins.int = ...,
         env_steps: _builtins.int = ...,
         labels_forwarded: _builtins.int = ...,
+        goal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_id", b"env_id", "env_steps", b"env_steps", "experiment", b"experiment", "label_budget", b"label_budget", "labels", b"labels", "labels_forwarded", b"labels_forwarded", "labels_wanted", b"labels_wanted", "queries_leased", b"queries_leased", "queries_pending", b"queries_pending", "segments", b"segments"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["env_id", b"env_id", "env_steps", b"env_steps", "experiment", b"experiment", "goal", b"goal", "label_budget", b"label_budget", "labels", b"labels", "labels_forwarded", b"labels_forwarded", "labels_wanted", b"labels_wanted", "queries_leased", b"queries_leased", "queries_pending", b"queries_pending", "segments", b"segments"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
