@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "without it queries are selected at random and labels are only stored")
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (needs --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host without TLS: tokens and labels then cross the network in "
+                        "clear text (use it only on a network you trust, or tunnel instead)")
     p.add_argument("--preset", choices=["mujoco", "atari", "smoke"], default="mujoco",
                    help="label schedule preset (default mujoco: 25%% of the budget up front, N0=2e6)")
     p.add_argument("--label-budget", type=int, help="labels per experiment over the run")
@@ -83,6 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         print("rlhp query-service: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    from rlhp.rpc import is_loopback
+
+    if not is_loopback(args.host) and not args.tls_cert:
+        if not args.insecure:
+            print(f"rlhp query-service: --host {args.host} is reachable from other machines: serve TLS "
+                  "(--tls-cert, --tls-key), or pass --insecure on a network you trust (tokens would cross "
+                  "it in clear text)", file=sys.stderr)
+            return 2
+        log.warning("listening on %s without TLS (--insecure): tokens and labels cross the network in clear "
+                    "text", args.host)
     try:
         config = make_config(args)
     except ValueError as e:

@@ -2,8 +2,10 @@
 
 A token maps (by its salted hash, in the store's `labelers` table) to a name, a role and optionally
 a list of experiments. Producers (`producer`, `admin`) add segments and report progress; labelers
-(`labeler`, `teacher`, `admin`) lease, answer, release and watch queries. Every refusal is
-`rlhp.types.Unauthenticated` with the reason in words.
+(`labeler`, `teacher`, `admin`) lease, answer, release and watch queries; every role may read the
+stats of its own experiments. A missing, unknown or revoked token is `rlhp.types.Unauthenticated`
+(UNAUTHENTICATED); a valid token that may not do what it asks — another role, or an experiment
+outside its scope — is `rlhp.types.PermissionDenied` (PERMISSION_DENIED). Both say why in words.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from rlhp.types import FailedPrecondition, InvalidRequest, NotFound, Unauthenticated
+from rlhp.types import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Unauthenticated
 
 from . import intake
 from .store import ROLES, Store, TokenExists
@@ -56,7 +58,8 @@ class Auth:
             raise NotFound(f"no labeler named {name!r}")
 
     def authenticate(self, token: str | None, roles: Sequence[str] = ROLES) -> Caller:
-        """The caller behind `token`; Unauthenticated when missing, unknown, revoked or of another role."""
+        """The caller behind `token`; Unauthenticated when missing, unknown or revoked, PermissionDenied
+        when of another role."""
         if not isinstance(token, str) or not token:
             raise Unauthenticated("missing token: send 'authorization: Bearer <token>' "
                                   "(create one with `rlhp token create`)")
@@ -66,17 +69,17 @@ class Auth:
         if row["revoked"]:
             raise Unauthenticated(f"the token of {row['name']!r} was revoked")
         if row["role"] not in roles:
-            raise Unauthenticated(f"{row['name']!r} has role {row['role']!r}, which may not do this "
+            raise PermissionDenied(f"{row['name']!r} has role {row['role']!r}, which may not do this "
                                   f"(needs one of: {', '.join(roles)})")
         exps = row["experiments"]
         return Caller(row["name"], row["role"], frozenset(exps.split(",")) if exps else None)
 
     @staticmethod
     def check(caller: Caller, experiment: str, doing: str) -> None:
-        """Unauthenticated unless `caller` may touch `experiment`; `doing` completes
+        """PermissionDenied unless `caller` may touch `experiment`; `doing` completes
         "<name> may not ..." (e.g. "label experiment")."""
         if not caller.may(experiment):
-            raise Unauthenticated(f"{caller.name!r} may not {doing} {experiment!r}")
+            raise PermissionDenied(f"{caller.name!r} may not {doing} {experiment!r}")
 
     @classmethod
     def scope(cls, caller: Caller, experiments: Sequence[str] | str) -> list[str] | None:

@@ -341,11 +341,19 @@ class QueryService:
         return self.store.load_segments(experiment, list(ids))
 
     # ------------------------------------------------------------------------------ stats
-    def stats(self) -> QueryStats:
+    def stats(self, token: str | None = None) -> QueryStats:
+        """Where every experiment stands, and the labelers' counts.
+
+        Over the service (`token` a string, "" when none was sent) the caller must authenticate:
+        it sees the experiments its token allows, and all labelers if it is a producer or an admin,
+        else only itself. `None` is the in-process owner of the core (the learner), who sees all."""
+        caller = None if token is None else self._auth.authenticate(token)
         now = self.clock()
         exps = []
         with self.store.read() as c:
             for e in Store.experiments(c):
+                if caller is not None and not caller.may(e):
+                    continue
                 s = self._schedule.position(c, e)
                 live = Store.count_live_leases(c, e, now)
                 exps.append(ExperimentStats(

@@ -39,7 +39,7 @@ class LocalClient:
         self.core.release(self.token, query_id)
 
     def stats(self) -> QueryStats:
-        return self.core.stats()
+        return self.core.stats(self.token)
 
     def close(self) -> None:
         """Nothing to close (the core belongs to its owner)."""

@@ -67,7 +67,7 @@ class QueryServicer(query_pb2_grpc.QueryServiceServicer):
 
     @rpc.handle_errors
     def Stats(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return codec.stats_to_proto(self.core.stats())
+        return codec.stats_to_proto(self.core.stats(rpc.token_from(context)))
 
 
 @dataclass

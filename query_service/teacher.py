@@ -32,7 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rlhp.signals import StopFlag
-from rlhp.types import FailedPrecondition, Preference, Unauthenticated
+from rlhp.types import FailedPrecondition, PermissionDenied, Preference
 
 log = logging.getLogger("rlhp.teacher")
 
@@ -99,7 +99,7 @@ def run_teacher(client: Any, teacher: SyntheticTeacher, stop_event: threading.Ev
         try:
             lease = client.lease(experiments)
             failures = 0
-        except (Unauthenticated, FailedPrecondition):
+        except (PermissionError, FailedPrecondition):  # Unauthenticated or PermissionDenied: say so, stop
             raise
         except Exception as e:  # noqa: BLE001 — the service may be restarting
             failures += 1
@@ -121,13 +121,13 @@ def run_teacher(client: Any, teacher: SyntheticTeacher, stop_event: threading.Ev
                 client.release(q.id)  # give it back for someone who can answer it
             except Exception:  # noqa: BLE001 — the lease expires anyway
                 pass
-            raise Unauthenticated("this token does not see true rewards; a synthetic teacher needs a "
+            raise PermissionDenied("this token does not see true rewards; a synthetic teacher needs a "
                                   "teacher-role token (rlhp token create --role teacher)")
         t0 = time.perf_counter()
         pref = teacher.answer(q.left_rewards, q.right_rewards)
         try:
             res = client.submit(q.id, pref, seconds=time.perf_counter() - t0)
-        except (Unauthenticated,):
+        except PermissionError:
             raise
         except Exception as e:  # noqa: BLE001 — the lease will expire and the query come back
             log.warning("submit failed (%s: %s)", type(e).__name__, e)
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     exps = [e for e in args.experiments.split(",") if e]
     try:
         n = run_teacher(client, teacher, stop, args.max_labels, exps)
-    except Unauthenticated as e:
+    except PermissionError as e:  # Unauthenticated or PermissionDenied
         print(f"rlhp teacher: {e}", file=sys.stderr)
         return 1
     finally:

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-from rlhp.types import FailedPrecondition, Unauthenticated
+from rlhp.types import FailedPrecondition
 
 MAX_SUFFIX = 1000
 
@@ -47,7 +47,7 @@ def kept_token(core: TokenIssuer, path: str | os.PathLike, name: str, role: str,
         token = path.read_text().strip()
         try:
             caller = core.authenticate(token, (role,))
-        except Unauthenticated:  # revoked, rotated, or from another database
+        except PermissionError:  # revoked, rotated, from another database, or of another role
             caller = None
         if caller is not None and caller.experiments == want:
             return token

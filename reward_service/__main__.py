@@ -52,7 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "periodically and on SIGTERM/SIGINT.",
         epilog=SPACE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1, loopback only; 0.0.0.0 for all interfaces)")
+                   help="address to listen on (default 127.0.0.1, loopback only; another address needs --insecure)")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback --host: the reward service has neither TLS nor tokens yet, so "
+                        "anyone who reaches the port can score with, and add labels to, the reward model")
     p.add_argument("--port", type=int, default=50051, help="port to listen on; 0 picks a free one (default 50051)")
     p.add_argument("--obs-space", "--space", dest="space", metavar="SPACE",
                    help="observation/action space, e.g. 11/box:3 (see 'spaces' below); "
@@ -170,6 +173,15 @@ def main(argv: list[str] | None = None) -> int:
         return _usage(parser, f"--port {args.port} is not a port number (0-65535)")
     if args.checkpoint_every < 0:
         return _usage(parser, "--checkpoint-every must be >= 0")
+    from rlhp.rpc import is_loopback
+
+    if not is_loopback(args.host) and not args.insecure:
+        return _usage(parser, f"--host {args.host} is reachable from other machines, and the reward service "
+                              "has no TLS or tokens: keep it on 127.0.0.1 (tunnel to it), or pass --insecure "
+                              "on a network you trust")
+    if not is_loopback(args.host):
+        log.warning("listening on %s without TLS or tokens (--insecure): anyone who reaches the port can use "
+                    "the reward model", args.host)
     try:
         if args.demo:
             return run_demo(args)

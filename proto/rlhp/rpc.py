@@ -97,6 +97,19 @@ def bind(server: grpc.Server, host: str, port: int, tls: tuple[bytes, bytes] | N
     return bound
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or address to bind) is reachable from this machine only."""
+    import ipaddress
+
+    h = (host or "").strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
 def make_channel(address: str, service: str, root_cert: bytes | None = None) -> grpc.Channel:
     """A channel with our limits and a retry policy for UNAVAILABLE. Open it in the process that uses it."""
     options = _OPTIONS + [("grpc.enable_retries", 1), ("grpc.service_config", _retry_config(service))]
@@ -110,6 +123,7 @@ _STATUS = [
     (types.NotFound, grpc.StatusCode.NOT_FOUND),
     (types.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (types.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (types.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
 ]
 
 

@@ -12,15 +12,15 @@ from typing import Sequence
 
 import numpy as np
 
-from rlhp.types import (FailedPrecondition, InvalidRequest, NotFound, Preference, Space, Unauthenticated,
-                        check_finite, check_transitions)
+from rlhp.types import (FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Preference, Space,
+                        Unauthenticated, check_finite, check_transitions)
 from rlhp.v1 import common_pb2
 
 __all__ = [
     "MAX_MESSAGE_BYTES", "DTYPE_NAMES", "dtype_to_wire", "dtype_from_wire", "to_tensor", "from_tensor",
     "has_tensor", "space_to_proto", "space_from_proto",
     # re-exported from rlhp.types
-    "FailedPrecondition", "InvalidRequest", "NotFound", "Preference", "Space", "Unauthenticated",
+    "FailedPrecondition", "InvalidRequest", "NotFound", "PermissionDenied", "Preference", "Space", "Unauthenticated",
     "check_finite", "check_transitions",
 ]
 

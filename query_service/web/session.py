@@ -15,7 +15,7 @@ from http import HTTPStatus
 from typing import Any, Callable
 
 from rlhp import rpc
-from rlhp.types import FailedPrecondition, InvalidRequest, NotFound, Preference, Unauthenticated
+from rlhp.types import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Preference, Unauthenticated
 
 log = logging.getLogger("rlhp.label")
 
@@ -40,6 +40,8 @@ def error_status(exc: BaseException) -> tuple[int, str, bool]:
         return HTTPStatus.CONFLICT, str(exc), False
     if isinstance(exc, Unauthenticated):
         return HTTPStatus.UNAUTHORIZED, str(exc), False
+    if isinstance(exc, PermissionDenied):
+        return HTTPStatus.FORBIDDEN, str(exc), False
     if isinstance(exc, TimeoutError):
         return HTTPStatus.GATEWAY_TIMEOUT, str(exc), True
     if isinstance(exc, ConnectionError):

@@ -16,7 +16,7 @@ from query_service.core import QueryService
 from query_service.local import LocalClient
 from query_service.server import serve
 from query_service.types import AddSegmentsResult, Progress, QueryBackend, SegmentRecord
-from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, Preference, Unauthenticated
+from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Preference, Unauthenticated
 
 EXP = "Hop"
 
@@ -85,9 +85,9 @@ def test_add_segments_counts_duplicates_and_is_all_or_nothing(backend):
     with pytest.raises(InvalidRequest, match="true_rewards"):
         prod.add_segments(bad)
     assert prod.stats().experiments[0].segments == 6  # segment 10 was not stored either
-    with pytest.raises(Unauthenticated):  # not this producer's experiment
+    with pytest.raises(PermissionDenied, match="may not add segments to experiment 'Other'"):
         prod.add_segments(records(1, start=20, experiment="Other"))
-    with pytest.raises(Unauthenticated):  # a labeler is not a producer
+    with pytest.raises(PermissionDenied, match="role 'labeler'"):  # a labeler is not a producer
         backend.connect(backend.tokens["alice"]).add_segments(records(1, start=30))
 
 
@@ -221,3 +221,23 @@ def test_the_goal_reaches_labelers_stats_and_every_label(backend):
         prod.report_progress(EXP, 10**9, goal="x" * 201)
     with pytest.raises(InvalidRequest, match="goal"):
         prod.report_progress(EXP, 10**9, goal="two\nlines")
+
+
+def test_stats_need_a_token_and_show_only_what_it_may_see(backend):
+    prod, alice = ready(backend)
+    alice.submit(alice.lease().query.id, Preference.LEFT)
+    other = backend.core.create_token("other-actors", "producer", ["Pong"])
+    carol = backend.connect(backend.core.create_token("carol", "labeler", ["Pong"]))
+    backend.connect(other).report_progress("Pong", 5)
+    everyone = prod.stats()  # a producer sees its experiments and every labeler
+    assert [e.experiment for e in everyone.experiments] == [EXP]
+    assert {lab.name for lab in everyone.labelers} >= {"alice"}
+    mine = alice.stats()  # a labeler of all experiments sees them, and only herself among labelers
+    assert sorted(e.experiment for e in mine.experiments) == sorted([EXP, "Pong"])
+    assert [lab.name for lab in mine.labelers] == ["alice"]
+    scoped = carol.stats()
+    assert [e.experiment for e in scoped.experiments] == ["Pong"] and scoped.labelers == ()
+    with pytest.raises(Unauthenticated, match="missing token"):
+        backend.connect("").stats()
+    with pytest.raises(Unauthenticated):
+        backend.connect("not-a-token").stats()

@@ -13,7 +13,7 @@ from query_service.config import QueryConfig
 from query_service.core import QueryService
 from query_service.testing import open_experiment, segment_records
 from query_service.types import SegmentRecord
-from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, Preference, Unauthenticated
+from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Preference, Unauthenticated
 
 
 # ------------------------------------------------------------------------------------ validation
@@ -79,9 +79,9 @@ def test_tokens(svc):
     for bad in ("", None, "nope"):
         with pytest.raises(Unauthenticated):
             svc.lease(bad)
-    with pytest.raises(Unauthenticated, match="role"):
+    with pytest.raises(PermissionDenied, match="role"):
         svc.add_segments(alice, segment_records(1))
-    with pytest.raises(Unauthenticated, match="role"):
+    with pytest.raises(PermissionDenied, match="role"):
         svc.lease(prod)
     svc.revoke_token("alice")
     with pytest.raises(Unauthenticated, match="revoked"):
@@ -108,10 +108,10 @@ def test_restricted_labeler_never_gets_other_experiments(svc):
         seen.add(lease.query.experiment)
         svc.submit(bob, lease.query.id, Preference.LEFT)
     assert seen == {"B"}
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(PermissionDenied):
         svc.lease(bob, ["A"])
     a_query = svc.store.conn().execute("SELECT id FROM queries WHERE experiment='A'").fetchone()[0]
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(PermissionDenied):
         svc.submit(bob, a_query, Preference.LEFT)
 
 

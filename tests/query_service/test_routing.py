@@ -21,7 +21,7 @@ from reward_service.client import RewardClient
 from reward_service.config import RewardConfig
 from reward_service.core import RewardModel
 from reward_service.server import serve as serve_reward
-from rlhp.wire import InvalidRequest, Preference, Unauthenticated, Space
+from rlhp.wire import InvalidRequest, PermissionDenied, Preference, Space
 
 GAMES = {"pong": ("ALE/Pong-v5", 4), "breakout": ("ALE/Breakout-v5", 6)}  # experiment: (env id, obs dim)
 
@@ -160,16 +160,16 @@ def test_tokens_limited_to_some_experiments(world):
     alice = world.client("alice")
     got = world.label("alice")
     assert got and {q.experiment for q in got} == {"pong"}  # only what her token allows
-    with pytest.raises(Unauthenticated, match="may not label experiment 'breakout'"):
+    with pytest.raises(PermissionDenied, match="may not label experiment 'breakout'"):
         alice.lease(["breakout"])
     world.core.select_once()
     other = world.client("pool").lease(["breakout"]).query
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(PermissionDenied):
         alice.submit(other.id, Preference.LEFT)
     # producers too: the pong learner may neither report for nor add segments to breakout
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(PermissionDenied):
         world.client("pong").report_progress("breakout", 10, reward_address=world.rservers["pong"].address)
-    with pytest.raises(Unauthenticated):
+    with pytest.raises(PermissionDenied):
         world.client("pong").add_segments(records("breakout", 2, start=100))
 
 

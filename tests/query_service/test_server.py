@@ -26,7 +26,7 @@ from query_service.store import Store
 from query_service.types import SegmentRecord
 from rlhp import rpc
 from rlhp.v1 import query_pb2, query_pb2_grpc
-from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, Preference, Unauthenticated
+from rlhp.wire import FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Preference, Unauthenticated
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,7 +91,8 @@ def test_contract_over_grpc(service):
         c["alice"].release("nope")
     st = c["alice"].stats()
     assert st.experiments[0].labels == 2 and st.experiments[0].segments == 12
-    assert {x.name: x.answered for x in st.labelers} == {"alice": 1, "teach": 1}
+    assert {x.name: x.answered for x in st.labelers} == {"alice": 1}  # a labeler sees only herself
+    assert {x.name: x.answered for x in c["actors"].stats().labelers} == {"alice": 1, "teach": 1}
     assert core.store.conn().execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 2
 
 
@@ -100,10 +101,11 @@ def test_bad_missing_or_revoked_tokens_are_unauthenticated(service):
     for token in ("", "wrong"):
         with QueryClient(server.address, token) as bad:
             for call in (lambda: bad.lease(), lambda: bad.submit("x", 1), lambda: bad.add_segments(records(1)),
-                         lambda: bad.report_progress("Hop", 1), lambda: bad.get_clip("x", 1), lambda: bad.release("x")):
+                         lambda: bad.report_progress("Hop", 1), lambda: bad.get_clip("x", 1), lambda: bad.release("x"),
+                         lambda: bad.stats()):
                 with pytest.raises(Unauthenticated):
                     call()
-    with pytest.raises(Unauthenticated):  # a labeler is not a producer
+    with pytest.raises(PermissionDenied):  # a labeler is not a producer
         c["alice"].add_segments(records(1))
     core.revoke_token("bob")
     with pytest.raises(Unauthenticated, match="revoked"):
@@ -113,6 +115,19 @@ def test_bad_missing_or_revoked_tokens_are_unauthenticated(service):
     with pytest.raises(grpc.RpcError) as e:
         stub.LeaseQuery(query_pb2.LeaseQueryRequest(), timeout=5)
     assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Stats(query_pb2.QueryStatsRequest(), timeout=5)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # a valid token that may not do this is PERMISSION_DENIED, not UNAUTHENTICATED
+    with pytest.raises(grpc.RpcError) as e:
+        stub.AddSegments(query_pb2.AddSegmentsRequest(), metadata=[("authorization", f"Bearer {tokens['alice']}")],
+                         timeout=5)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    scoped = core.create_token("carol", "labeler", ["Pong"])
+    with pytest.raises(grpc.RpcError) as e:
+        stub.LeaseQuery(query_pb2.LeaseQueryRequest(experiments=["Hop"]),
+                        metadata=[("authorization", f"Bearer {scoped}")], timeout=5)
+    assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "may not label experiment 'Hop'" in e.value.details()
 
 
 def test_malformed_requests_are_invalid_argument_and_change_nothing(service):
@@ -353,3 +368,15 @@ def test_admin_cli_and_service_help(tmp_path, capsys):
         service_main(["--help"])
     assert e.value.code == 0
     assert "--reward-address" in capsys.readouterr().out
+
+
+def test_a_non_loopback_address_needs_tls_or_insecure(tmp_path, capsys):
+    for host in ("0.0.0.0", "192.0.2.7", "::"):
+        assert service_main(["--run-dir", str(tmp_path / "run"), "--host", host, "--port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert "reachable from other machines" in err and "--tls-cert" in err and "--insecure" in err
+    assert not (tmp_path / "run" / "labels.sqlite").exists()  # refused before anything was opened
+    from rlhp.rpc import is_loopback
+
+    assert all(is_loopback(h) for h in ("127.0.0.1", "127.3.4.5", "::1", "[::1]", "localhost"))
+    assert not any(is_loopback(h) for h in ("0.0.0.0", "::", "10.0.0.2", "example.com", ""))

@@ -14,7 +14,7 @@ from query_service.core import QueryService
 from query_service.server import serve
 from query_service.teacher import SyntheticTeacher, main, run_teacher
 from query_service.types import SegmentRecord
-from rlhp.wire import Preference, Unauthenticated
+from rlhp.wire import PermissionDenied, Preference
 
 L, R, EQ, INC = Preference.LEFT, Preference.RIGHT, Preference.EQUAL, Preference.INCOMPARABLE
 
@@ -83,7 +83,7 @@ def test_run_teacher_labels_through_grpc(tmp_path):
         producer.add_segments(_records(20))
         producer.report_progress("Hop", 10**9)
         # a human token sees no true rewards: the teacher refuses to guess (and gives the query back)
-        with pytest.raises(Unauthenticated, match="teacher-role token"):
+        with pytest.raises(PermissionDenied, match="teacher-role token"):
             run_teacher(QueryClient(server.address, human), SyntheticTeacher(), threading.Event(), max_labels=1)
         client = QueryClient(server.address, teach)
         n = run_teacher(client, SyntheticTeacher(), threading.Event(), max_labels=12, poll_seconds=0.05)

@@ -40,6 +40,7 @@ def test_help_exits_zero():
     (["--obs-space", "11/box:3", "--members", "0"], "--members must be >= 1"),
     (["--resume"], "--resume needs --checkpoint-dir"),
     (["--obs-space", "11/box:3", "--port", "70000"], "not a port number"),
+    (["--obs-space", "11/box:3", "--host", "0.0.0.0"], "has no TLS or tokens: keep it on 127.0.0.1"),
 ])
 def test_bad_arguments_exit_2_without_traceback(args, message):
     r = subprocess.run([sys.executable, "-m", "reward_service", *args], cwd=ROOT, env=_env(),
