@@ -13,7 +13,8 @@ Hooks (RLlib 2.60, new API stack; `SingleAgentEnvRunner._sample` calls them righ
   learner (an Atari frame is 100 kB, 3.6× the stacked observation).
 - `on_episode_end`: log the episode's true return (sum of ``info["true_reward"]``) and drop the
   partial window (segments never span episodes).
-- `on_sample_end`: log the streamer's counters (segments cut/sent/dropped) once per `sample()`.
+- `on_sample_end`: log the streamer's counters (segments cut/sent/dropped) once per `sample()`,
+  after waiting for the streamer to deliver when `SegmentOptions.flush_s` > 0.
 
 Options live in the env config (a plain dict, so they survive config serialisation and reach
 every env runner): ``config.env_config["rlhp_segments"]``, see `SegmentOptions`. The streamer is
@@ -61,6 +62,10 @@ class SegmentOptions:
     """Segments per `add_segments` call."""
     seed: int | None = None
     """Seed for choosing windows (combined with the env runner's index)."""
+    flush_s: float = 0.0
+    """At the end of each `sample()`, wait up to this many seconds until the segments cut so far
+    reached the query service (0: never wait). `run.lockstep` sets it, so that the queries selected
+    after an iteration see all of that iteration's segments."""
     streamer_factory: Callable[[], Any] | None = None
     """Zero-argument callable returning an object with ``put(records)`` and ``sent``/``dropped``
     counters, replacing `SegmentStreamer` (tests, in-process services). Must be picklable."""
@@ -162,6 +167,8 @@ class SegmentCallbacks(RLlibCallback):
         metrics_logger.log_value("true_episode_return_max", track.true_return, reduce="max", window=100)
 
     def on_sample_end(self, *, env_runner=None, metrics_logger=None, samples=None, **kwargs) -> None:
+        if self._opts is not None and self._opts.flush_s > 0 and hasattr(self._streamer, "flush"):
+            self._streamer.flush(self._opts.flush_s)
         if metrics_logger is None or self._cutter is None:
             return
         current = {"cut": self._cutter.segments_cut,

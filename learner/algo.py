@@ -126,6 +126,7 @@ def build_ppo_config(
     query_address: str | None = None,
     query_token: str = "",
     streamer_factory: Callable[[], Any] | None = None,
+    segment_flush_s: float = 0.0,
     seed: int | None = None,
     preset: str | None = None,
     model_config: dict[str, Any] | None = None,
@@ -144,7 +145,7 @@ def build_ppo_config(
         num_env_runners, num_envs_per_env_runner, num_learners: RLlib's scaling knobs.
         env_opts: options for `actors.envs.make_env`.
         experiment, segment_length, segment_fraction, query_address, query_token,
-            streamer_factory: see `actors.callbacks.SegmentOptions`
+            streamer_factory, segment_flush_s (its `flush_s`): see `actors.callbacks.SegmentOptions`
             (segment_length defaults to `actors.envs.default_segment_length`).
         seed: RLlib's seed (env runners and learner).
         preset: ``classic``/``mujoco``/``atari`` hyper-parameters (default: from the env id).
@@ -168,7 +169,7 @@ def build_ppo_config(
         experiment=experiment, env_id=env_id,
         length=int(segment_length or default_segment_length(env_id)), fraction=float(segment_fraction),
         query_address=query_address, token=query_token,
-        seed=seed, streamer_factory=streamer_factory)
+        seed=seed, streamer_factory=streamer_factory, flush_s=float(segment_flush_s))
     env_config = {"env_id": env_id, "env_opts": dict(env_opts or {}), ENV_CONFIG_KEY: opts.to_env_config()}
 
     config: AlgorithmConfig = APPOConfig() if algo == "appo" else PPOConfig()

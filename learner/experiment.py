@@ -92,6 +92,15 @@ class RunConfig:
     in a background thread (embedded reward model only). The model then gets the same training per
     env step on any machine under any load; in the background it gets what the CPUs leave over.
     0: background training."""
+    lockstep: bool = False
+    """Labels in step with the policy, for synthetic labelers and the embedded services: after each
+    policy iteration the driver waits until that iteration's segments are stored, selects the
+    queries the label schedule wants, waits until the teacher has answered them, forwards the labels
+    and then runs `reward_steps_per_iteration`. No part of the loop then depends on thread timing or
+    machine load, and a run is reproducible for its seed (query ids, pairs, bootstraps, labels,
+    RLlib). False: selection, labels and forwarding run in the background, as they must with humans
+    (a labeler never blocks training); `rlhp train` says so and runs that way when lockstep cannot
+    apply (human labelers, a query or reward service elsewhere)."""
     host: str = "127.0.0.1"
     """Where the embedded services bind (loopback by default; 0.0.0.0 exposes them)."""
     reward_port: int = 0
@@ -172,7 +181,9 @@ def preset(name: str | None, env_id: str) -> ExperimentConfig:
                               total_env_steps=float(steps), max_segments=1000),
             # 100 reward-model steps per 1k-step PPO iteration, run by the driver: the same training
             # on any machine (in the background it got ~750 steps in a whole 40k-step run here).
-            run=RunConfig(max_env_steps=steps, pretrain_steps=300, reward_steps_per_iteration=100),
+            # In lockstep: reproducible for a seed, the same on a loaded CI machine as on an idle one.
+            run=RunConfig(max_env_steps=steps, pretrain_steps=300, reward_steps_per_iteration=100,
+                          lockstep=True),
         )
     if name == "mujoco":
         steps = 1_000_000

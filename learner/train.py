@@ -73,6 +73,9 @@ class Trainer:
         self._teachers: list[threading.Thread] = []
         self._owns_ray = False
         self.teacher_factory = teacher_factory  # i -> SyntheticTeacher (tests, custom teachers)
+        # lockstep (`RunConfig.lockstep`): only where this driver owns every part of the label loop
+        self.lockstep = (cfg.run.lockstep and cfg.run.labelers == "synthetic" and reward_address is None
+                         and query_address is None)
         self.on_iteration = on_iteration  # called with each metrics row, after its checkpoint (Tune)
         import torch
 
@@ -124,8 +127,9 @@ class Trainer:
             reward_backend = RewardClient(self.reward_address)
         if self.query_address is None:
             self.qcore = QueryService(self.run_dir, self.cfg.query, reward=reward_backend,
-                                      reward_factory=RewardClient)
-            self.qcore.start()
+                                      reward_factory=RewardClient, seed=self.cfg.run.seed)
+            if not self.lockstep:  # lockstep: the driver selects and forwards itself (`sync_labels`)
+                self.qcore.start()
             self.query_server = serve_query(self.qcore, host=host, port=run.query_port)
             self.query_address = self.query_server.address
             self.producer_token = self._create_token(f"actors-{self.experiment}", "producer")
@@ -211,6 +215,11 @@ class Trainer:
         need = self.cfg.query.initial
         if need <= 0:
             return
+        if self.lockstep:
+            t0 = time.time()
+            self.sync_labels()
+            self.say(f"initial labels: {need} in {time.time() - t0:.1f} s")
+            return
         client = QueryClient(self.query_address, self.producer_token)
         t0 = time.time()
         last = -1
@@ -235,13 +244,43 @@ class Trainer:
             client.close()
         self.say(f"initial labels: {need} in {time.time() - t0:.1f} s")
 
+    def sync_labels(self) -> int:
+        """Lockstep (`RunConfig.lockstep`): select the queries the label schedule wants at the
+        reported env steps, wait until the synthetic teacher has answered every one, and forward
+        the labels to the reward model. Returns the number of new labels."""
+        from query_service.local import LocalClient
+
+        assert self.qcore is not None
+        before = self.report_progress(LocalClient(self.qcore, self.producer_token)).labels
+        while True:
+            self.qcore.select_once()
+            p = self.qcore.progress(self.experiment)
+            if p.queries_pending == 0:
+                break  # the schedule is met, or no candidate pair is left
+            while p.queries_pending > 0:
+                if not any(t.is_alive() for t in self._teachers):
+                    raise TrainError("the synthetic teacher stopped (see logs/driver.log); "
+                                     f"{p.queries_pending} queries are unanswered")
+                time.sleep(0.005)
+                p = self.qcore.progress(self.experiment)
+        self.forward_all()
+        return p.labels - before
+
+    def forward_all(self, timeout: float = 60.0) -> None:
+        """Forward every stored label to the embedded reward model now (forwarding is otherwise
+        asynchronous)."""
+        deadline = time.time() + timeout
+        while self.qcore is not None and self.qcore.unforwarded() > 0 and time.time() < deadline:
+            if self.qcore.forward_once() == 0 and self.lockstep:
+                raise TrainError(f"{self.qcore.unforwarded()} labels could not be forwarded to the "
+                                 "reward model")
+
     def pretrain(self) -> None:
         if self.model is None:
             return
         # Forwarding is asynchronous: make sure the initial labels reached the reward model.
         deadline = time.time() + 60
-        while self.qcore is not None and self.qcore.unforwarded() > 0 and time.time() < deadline:
-            self.qcore.forward_once()
+        self.forward_all()
         while (self.qcore is None and self.model.stats().comparisons_seen < self.cfg.query.initial
                and time.time() < deadline):  # a shared query service forwards on its own
             time.sleep(0.1)
@@ -294,6 +333,7 @@ class Trainer:
             experiment=self.experiment, segment_length=self.cfg.env.segment_length or None,
             segment_fraction=self.cfg.env.segment_fraction, query_address=self.query_address,
             query_token=self.producer_token, seed=self.cfg.run.seed,
+            segment_flush_s=30.0 if self.lockstep else 0.0,
             evaluation_interval=self.cfg.run.eval_every or None, **dict(rl.overrides))
         self.algo = config.build_algo()
         policy = policy_dir(self.run_dir)
@@ -369,6 +409,9 @@ class Trainer:
             self.wait_for_initial_labels()
             self.pretrain()
         sync_steps = self.cfg.run.reward_steps_per_iteration
+        if self.cfg.run.lockstep and not self.lockstep:
+            self.say("run.lockstep needs synthetic labelers and the embedded reward and query services: "
+                     "labels come in the background instead")
         if self.model is not None and sync_steps <= 0:
             self.model.start()
         elif self.model is None and sync_steps > 0:
@@ -387,10 +430,12 @@ class Trainer:
                 t = time.time()
                 before = self.env_steps
                 result = self.algo.train()
-                if self.model is not None and sync_steps > 0:
-                    self.model.train(sync_steps)
                 self.iteration += 1
                 self.env_steps += int(_find(result, "env_runners", NUM_ENV_STEPS_SAMPLED, default=0))
+                if self.lockstep:
+                    self.sync_labels()  # the labels the schedule wants at these env steps
+                if self.model is not None and sync_steps > 0:
+                    self.model.train(sync_steps)
                 row = self._row(result, time.time() - t, before)
                 metrics.write(row)
                 self.say(_progress(row))

@@ -259,6 +259,11 @@ class QueryService:
                 self._routes.drop(old)
             self._forwarder.wake()
         self._selector.wake()
+        return self.progress(experiment)
+
+    def progress(self, experiment: str) -> Progress:
+        """Where `experiment`'s label schedule stands, read only. In-process only (the learner's
+        lockstep); over the service, `report_progress` answers it."""
         with self.store.read() as c:
             s = self._schedule.position(c, experiment)
         return Progress(labels=s["labels"], labels_wanted=s["wanted"], queries_pending=s["queued"] + s["leased"],
@@ -362,7 +367,8 @@ class QueryService:
                     labels_wanted=s["wanted"], label_budget=s["budget"], env_steps=s["env_steps"],
                     labels_forwarded=Store.count_forwarded(c, e), goal=s["goal"]))
             labelers = tuple(LabelerStats(name, int(n), float(secs or 0.0))
-                             for name, n, secs in Store.labeler_stats(c))
+                             for name, n, secs in Store.labeler_stats(c)
+                             if caller is None or caller.role in PRODUCER_ROLES or name == caller.name)
         return QueryStats(tuple(exps), labelers)
 
     # ------------------------------------------------------------------------------ forwarding

@@ -40,10 +40,24 @@ class Selector:
         self.routes = routes
         self.clock = clock
         self._rng = random.Random(seed)
+        self._ids = self._id_source(seed)
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._warned_fallback = False
         self.fallbacks = 0  # passes that fell back to random selection (metrics and tests)
+
+    def _id_source(self, seed: int | None) -> random.Random | None:
+        """Query ids: from the seed (the reward model's bootstrap of a label is a hash of its id, so
+        seeded ids keep a seeded run reproducible), continued after the queries the store already
+        has (a resumed run never draws an id twice); None: random ids (uuid4)."""
+        if seed is None:
+            return None
+        with self.store.read() as c:
+            n = Store.count_queries(c)
+        return random.Random(f"rlhp-query-ids/{seed}/{n}")
+
+    def new_id(self) -> str:
+        return uuid.uuid4().hex if self._ids is None else f"{self._ids.getrandbits(128):032x}"
 
     def wake(self) -> None:
         """Run the next pass now (new segments, progress or labels)."""
@@ -131,7 +145,7 @@ class Selector:
             for k, (pair, dis) in enumerate(chosen):
                 if Store.count_present(c, exp, pair) != 2:
                     continue  # evicted meanwhile
-                Store.insert_query(c, uuid.uuid4().hex, exp, pair, version, dis, now, now + k * 1e-6, initial)
+                Store.insert_query(c, self.new_id(), exp, pair, version, dis, now, now + k * 1e-6, initial)
                 added += 1
         return added
 

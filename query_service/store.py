@@ -266,6 +266,11 @@ class Store(Database):
                                                 (experiment,))}
 
     @staticmethod
+    def count_queries(c: sqlite3.Connection) -> int:
+        """Queries of every experiment, ever."""
+        return c.execute("SELECT COUNT(*) FROM queries").fetchone()[0]
+
+    @staticmethod
     def insert_query(c: sqlite3.Connection, query_id: str, experiment: str, pair: tuple[str, str],
                      model_version: int, disagreement: float | None, now: float, order_key: float,
                      initial: bool) -> None:

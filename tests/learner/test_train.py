@@ -116,6 +116,40 @@ def test_cartpole_from_at_most_200_labels(tmp_path, ray_local):
     assert np.mean(returns) >= 0.8 * HORIZON, returns
 
 
+def _record_of(run_dir: Path) -> tuple[list[dict], list[tuple], np.ndarray]:
+    """What a run did: its metrics rows (without wall-clock columns), its labels (query id and
+    answer, in the order given) and its final reward model's scores of fixed observations."""
+    import csv
+
+    from reward_service.core import RewardModel
+
+    with open(run_dir / "metrics.csv") as f:
+        rows = [{k: v for k, v in r.items() if k not in ("time_s", "steps_per_s")} for r in csv.DictReader(f)]
+    with sqlite3.connect(run_dir / "labels.sqlite") as c:
+        labels = c.execute("SELECT query_id, answer FROM labels ORDER BY created").fetchall()
+    model = RewardModel.load(str(run_dir / "reward" / "reward_model.pt"))
+    obs = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    return rows, labels, np.asarray(model.score(obs, np.zeros(50, dtype=np.int64))[0])
+
+
+@pytest.mark.slow
+def test_lockstep_runs_of_one_seed_are_the_same_run(tmp_path, ray_local):
+    """The `classic` preset runs in lockstep: two runs of one seed select the same queries, get the
+    same labels, train the same reward model and the same policy, however loaded the machine is
+    (the teacher, selection and forwarding run on their own threads otherwise)."""
+    records = []
+    for name in ("first", "second"):
+        cfg = experiment.resolve(ENV, "classic", runs_dir=str(tmp_path), name=name, seed=5,
+                                 sets=["run.max_env_steps=3000"])
+        assert cfg.run.lockstep
+        _run(cfg, tmp_path / name)
+        records.append(_record_of(tmp_path / name))
+    (rows_a, labels_a, scores_a), (rows_b, labels_b, scores_b) = records
+    assert len(rows_a) == 3 and rows_a == rows_b
+    assert len(labels_a) == cfg.query.label_budget and labels_a == labels_b
+    np.testing.assert_array_equal(scores_a, scores_b)
+
+
 class _OppositeTeacher(SyntheticTeacher):
     """Prefers the segment with the LOWER env reward: the opposite of the env's own reward."""
 
