@@ -104,16 +104,55 @@ def read_state(run_dir: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def save_policy_atomically(algo: Any, path: Path) -> None:
-    """RLlib writes checkpoints in place; write beside, then swap, so a crash leaves a whole one."""
+def save_policy_atomically(algo: Any, path: Path, secrets: tuple[str, ...] = ()) -> None:
+    """RLlib writes checkpoints in place; write beside, then swap, so a crash leaves a whole one.
+    The `secrets` (the env runners' query service token) are blanked out of it (`scrub_secrets`)."""
     new, old = path.with_name(path.name + ".new"), path.with_name(path.name + ".old")
     shutil.rmtree(new, ignore_errors=True)
     algo.save_to_path(str(new))
+    scrub_secrets(new, secrets)
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
         os.replace(path, old)
     os.replace(new, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def scrub_secrets(checkpoint: Path, secrets: tuple[str, ...]) -> None:
+    """Blank the segment options' token (`actors.callbacks.SegmentOptions.token`) in the pickled
+    configs of an RLlib checkpoint: RLlib saves each component's constructor arguments, the
+    algorithm config with its env config among them, and a policy is a file people share. Restoring
+    does not need it (`rlhp train --resume` builds a fresh config, `rlhp evaluate` loads the module
+    alone). Raises RuntimeError if a secret is still in any file afterwards."""
+    import pickle
+
+    from actors.callbacks import ENV_CONFIG_KEY
+
+    secrets = tuple(s for s in secrets if s)
+    if not secrets:
+        return
+
+    def blank(obj: Any, depth: int = 0) -> None:
+        if depth > 4:
+            return
+        env_config = obj.get("env_config") if isinstance(obj, dict) else getattr(obj, "env_config", None)
+        if isinstance(env_config, dict) and isinstance(env_config.get(ENV_CONFIG_KEY), dict):
+            env_config[ENV_CONFIG_KEY]["token"] = ""
+        items = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+        for item in items:
+            blank(item, depth + 1)
+
+    for f in Path(checkpoint).rglob("class_and_ctor_args.pkl"):
+        raw = f.read_bytes()
+        if not any(s.encode() in raw for s in secrets):
+            continue
+        data = pickle.loads(raw)
+        blank(data)
+        f.write_bytes(pickle.dumps(data))
+    left = [f for f in Path(checkpoint).rglob("*") if f.is_file()
+            and any(s.encode() in f.read_bytes() for s in secrets)]
+    if left:
+        raise RuntimeError(f"a token is still in the policy checkpoint: {', '.join(map(str, left))}")
 
 
 def policy_dir(run_dir: Path) -> Path | None:

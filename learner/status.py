@@ -40,10 +40,10 @@ def run_table(run_dirs: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def service_table(address: str, token: str) -> str:
+def service_table(address: str, token: str, root_cert: bytes | None = None) -> str:
     from query_service.client import QueryClient
 
-    with QueryClient(address, token) as client:
+    with QueryClient(address, token, root_cert=root_cert) as client:
         stats = client.stats()
     head = f"{'experiment':<24} {'env':<20} {'env steps':>11} {'segments':>9} {'pending':>8} {'leased':>7} {'labels':>13}"
     lines = [head, "-" * len(head)]
@@ -64,9 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs-dir", default="runs")
     ap.add_argument("--query", help="also show a query service's live stats (HOST:PORT)")
     ap.add_argument("--token", default="", help="token for --query")
+    ap.add_argument("--tls-ca", metavar="PEM",
+                    help="CA certificate of a --query service that serves TLS (default: $RLHP_QUERY_CA, if set)")
     ap.add_argument("--watch", type=float, default=0, help="refresh every N seconds until Ctrl-C")
     args = ap.parse_args(argv)
     dirs = [Path(r) for r in args.runs] or sorted(p.parent for p in Path(args.runs_dir).glob("*/config.yaml"))
+    try:
+        root_cert = Path(args.tls_ca).read_bytes() if args.tls_ca else None
+    except OSError as e:
+        print(f"rlhp status: cannot read --tls-ca {args.tls_ca}: {e.strerror}", file=sys.stderr)
+        return 2
     if not dirs and not args.query:
         print(f"rlhp status: no runs under {args.runs_dir}/ (start one with rlhp train)", file=sys.stderr)
         return 2
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.append(run_table(dirs))
             if args.query:
                 try:
-                    out.append(service_table(args.query, args.token))
+                    out.append(service_table(args.query, args.token, root_cert))
                 except Exception as e:  # noqa: BLE001 — say it, keep watching
                     out.append(f"query service {args.query}: {type(e).__name__}: {e}")
             if args.watch:

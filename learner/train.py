@@ -102,7 +102,7 @@ class Trainer:
     def start_services(self) -> None:
         from query_service.core import QueryService
         from query_service.server import serve as serve_query
-        from reward_service.client import RewardClient
+        from reward_service.client import TOKEN_ENV as REWARD_TOKEN_ENV, RewardClient
         from reward_service.core import RewardModel
         from reward_service.server import serve as serve_reward
 
@@ -120,7 +120,10 @@ class Trainer:
                     # Embedded next to the learner on the same CPUs: train in the gaps.
                     rcfg = replace(rcfg, train_duty_cycle=0.25)
                 self.model = RewardModel(space, rcfg, checkpoint_dir=str(self.run_dir / "reward"))
-            self.reward_server = serve_reward(self.model, host=host, port=run.reward_port)
+            # $RLHP_REWARD_TOKEN, when set, guards the embedded reward service too; its clients
+            # (the learner connector, a query service elsewhere) read the same variable
+            self.reward_server = serve_reward(self.model, host=host, port=run.reward_port,
+                                              token=os.environ.get(REWARD_TOKEN_ENV) or None)
             self.reward_address = self.reward_server.address
             reward_backend = self.model
         else:
@@ -387,7 +390,7 @@ class Trainer:
 
     def checkpoint(self) -> None:
         if self.algo is not None:
-            save_policy_atomically(self.algo, self.run_dir / "policy")
+            save_policy_atomically(self.algo, self.run_dir / "policy", secrets=(self.producer_token,))
         if self.model is not None:
             self.model.checkpoint()
         write_state(self.run_dir, self.iteration, self.env_steps, self.experiment)

@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from rlhp.signals import StopFlag
 
@@ -38,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reward-address", metavar="HOST:PORT",
                    help="reward service for query selection (disagreement) and label forwarding; "
                         "without it queries are selected at random and labels are only stored")
+    p.add_argument("--reward-ca", metavar="PEM",
+                   help="the CA certificate of a reward service that serves TLS (every --reward-address, and "
+                        "the addresses learners report)")
+    p.add_argument("--reward-token-file", metavar="PATH",
+                   help="the reward service's shared token (default: $RLHP_REWARD_TOKEN, if set)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (needs --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
     p.add_argument("--insecure", action="store_true",
@@ -80,6 +86,21 @@ def producer_token(core, run_dir: Path) -> str:
     return kept_token(core, run_dir / PRODUCER_TOKEN_FILE, "producer", "producer")
 
 
+def _reward_factory(ca: str | None, token_file: str | None) -> Any:
+    """address -> RewardClient with the reward service's CA and shared token (None: $RLHP_REWARD_TOKEN)."""
+    import functools
+
+    from reward_service.client import RewardClient
+
+    root_cert = Path(ca).read_bytes() if ca else None
+    token = None
+    if token_file:
+        token = Path(token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"--reward-token-file {token_file} is empty")
+    return functools.partial(RewardClient, root_cert=root_cert, token=token)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -101,14 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"rlhp query-service: {e}", file=sys.stderr)
         return 2
-    from reward_service.client import RewardClient
+    try:
+        reward_factory = _reward_factory(args.reward_ca, args.reward_token_file)
+    except (OSError, ValueError) as e:
+        print(f"rlhp query-service: {e}", file=sys.stderr)
+        return 2
 
     from .core import QueryService
     from .server import serve
 
     run_dir = Path(args.run_dir)
-    reward = RewardClient(args.reward_address) if args.reward_address else None
-    core = QueryService(run_dir, config, reward=reward, reward_factory=RewardClient)
+    reward = reward_factory(args.reward_address) if args.reward_address else None
+    core = QueryService(run_dir, config, reward=reward, reward_factory=reward_factory)
     producer_token(core, run_dir)
     try:
         server = serve(core, args.host, args.port, (args.tls_cert, args.tls_key) if args.tls_cert else None)

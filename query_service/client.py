@@ -33,7 +33,29 @@ from .types import AddSegmentsResult, Lease, Progress, QueryStats, SegmentRecord
 _CHUNK_BYTES = wire.MAX_MESSAGE_BYTES // 4
 
 
+CA_ENV = "RLHP_QUERY_CA"
+"""Environment variable naming the CA certificate (PEM file) of a query service that serves TLS; read
+by clients given no `root_cert` (so `rlhp train --query-address` and its env runners find it too)."""
+
+
+def ca_from_env() -> bytes | None:
+    """The PEM bytes of $RLHP_QUERY_CA, or None when it is not set."""
+    import os
+
+    path = os.environ.get(CA_ENV, "")
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConnectionError(f"cannot read ${CA_ENV} ({path}): {e.strerror}") from None
+
+
 class QueryClient:
+    """The query service's methods over gRPC. `root_cert`: the CA (PEM bytes) of a TLS service
+    (None: $RLHP_QUERY_CA if set, else no TLS)."""
+
     def __init__(self, address: str, token: str, timeout: float = 10.0, root_cert: bytes | None = None) -> None:
         self.address = address
         self.token = token
@@ -46,7 +68,8 @@ class QueryClient:
     @property
     def stub(self) -> query_pb2_grpc.QueryServiceStub:
         if self._stub is None:
-            self._channel = rpc.make_channel(self.address, SERVICE, self.root_cert)
+            root = self.root_cert if self.root_cert is not None else ca_from_env()
+            self._channel = rpc.make_channel(self.address, SERVICE, root)
             self._stub = query_pb2_grpc.QueryServiceStub(self._channel)
         return self._stub
 

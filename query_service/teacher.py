@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", default=os.environ.get("RLHP_TOKEN"),
                    help="teacher-role token (default: $RLHP_TOKEN)")
     p.add_argument("--token-file", help="read the token from this file")
-    p.add_argument("--root-cert", help="PEM root certificate when the service uses TLS")
+    p.add_argument("--tls-ca", "--root-cert", dest="root_cert", metavar="PEM",
+                   help="the CA certificate of a query service that serves TLS (default: $RLHP_QUERY_CA, if set)")
     p.add_argument("--experiments", default="", help="comma-separated experiments (default: all allowed)")
     p.add_argument("--beta", type=float, default=math.inf, help="Boltzmann rationality β (default inf)")
     p.add_argument("--mistake-prob", type=float, default=0.0, help="probability of flipping an answer")

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,10 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "periodically and on SIGTERM/SIGINT.",
         epilog=SPACE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1, loopback only; another address needs --insecure)")
+                   help="address to listen on (default 127.0.0.1, loopback only; another address needs TLS "
+                        "or --insecure)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate (needs --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    p.add_argument("--token-file", metavar="PATH",
+                   help="a shared token every client must send (authorization: Bearer <token>); clients "
+                        "read it from $RLHP_REWARD_TOKEN. Default: $RLHP_REWARD_TOKEN if set, else no token")
     p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback --host: the reward service has neither TLS nor tokens yet, so "
-                        "anyone who reaches the port can score with, and add labels to, the reward model")
+                   help="allow a non-loopback --host without TLS: the token and the segments then cross the "
+                        "network in clear text (only on a network you trust; or tunnel to 127.0.0.1)")
     p.add_argument("--port", type=int, default=50051, help="port to listen on; 0 picks a free one (default 50051)")
     p.add_argument("--obs-space", "--space", dest="space", metavar="SPACE",
                    help="observation/action space, e.g. 11/box:3 (see 'spaces' below); "
@@ -173,21 +180,54 @@ def main(argv: list[str] | None = None) -> int:
         return _usage(parser, f"--port {args.port} is not a port number (0-65535)")
     if args.checkpoint_every < 0:
         return _usage(parser, "--checkpoint-every must be >= 0")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        return _usage(parser, "--tls-cert and --tls-key go together")
+    try:
+        args.tls = _read_tls(args.tls_cert, args.tls_key) if args.tls_cert else None
+        args.token = _read_token(args.token_file)
+    except UsageError as e:
+        return _usage(parser, str(e))
     from rlhp.rpc import is_loopback
 
-    if not is_loopback(args.host) and not args.insecure:
-        return _usage(parser, f"--host {args.host} is reachable from other machines, and the reward service "
-                              "has no TLS or tokens: keep it on 127.0.0.1 (tunnel to it), or pass --insecure "
-                              "on a network you trust")
+    if not is_loopback(args.host) and args.tls is None and not args.insecure:
+        return _usage(parser, f"--host {args.host} is reachable from other machines: serve TLS (--tls-cert, "
+                              "--tls-key), keep it on 127.0.0.1 (tunnel to it), or pass --insecure on a "
+                              "network you trust")
     if not is_loopback(args.host):
-        log.warning("listening on %s without TLS or tokens (--insecure): anyone who reaches the port can use "
-                    "the reward model", args.host)
+        if args.tls is None:
+            log.warning("listening on %s without TLS (--insecure): the token and the segments cross the "
+                        "network in clear text", args.host)
+        if not args.token:
+            log.warning("listening on %s without a token: anyone who reaches the port can score with, and add "
+                        "labels to, the reward model (--token-file)", args.host)
     try:
         if args.demo:
             return run_demo(args)
         return run_service(args)
     except UsageError as e:
         return _usage(parser, str(e))
+
+
+def _read_tls(cert: str, key: str) -> tuple[bytes, bytes]:
+    try:
+        return Path(cert).read_bytes(), Path(key).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read the TLS certificate or key: {e.strerror}: {e.filename}") from None
+
+
+def _read_token(path: str | None) -> str:
+    """The shared token: from `path` (whitespace stripped), else $RLHP_REWARD_TOKEN, else ""."""
+    from reward_service.client import TOKEN_ENV
+
+    if not path:
+        return os.environ.get(TOKEN_ENV, "").strip()
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read --token-file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not token or any(ch.isspace() for ch in token):
+        raise UsageError(f"--token-file {path} must hold one token (no spaces), not {'nothing' if not token else 'several words'}")
+    return token
 
 
 def _usage(parser: argparse.ArgumentParser, message: str) -> int:
@@ -203,7 +243,8 @@ def run_service(args: argparse.Namespace) -> int:
 
     model = _build_model(args)
     try:
-        server = serve(model, host=args.host, port=args.port, max_workers=args.max_workers)
+        server = serve(model, host=args.host, port=args.port, max_workers=args.max_workers, tls=args.tls,
+                       token=args.token or None)
     except (OSError, RuntimeError) as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e}") from None
     stop = StopFlag()  # not threading.Event: its set() can deadlock in a signal handler

@@ -9,6 +9,8 @@
   `ConnectionError` naming the address; DEADLINE_EXCEEDED → `TimeoutError`; anything else →
   `RewardServiceError` (= `rlhp.rpc.ServiceError`).
 - Messages are encoded in `reward_service.codec`; this module loads neither the server nor the core.
+- A reward service with a shared token (`--token-file`) gets it with every call: `token=`, or the
+  environment variable RLHP_REWARD_TOKEN; TLS with `root_cert=` (the CA's PEM).
 - Every call has a deadline (`timeout` seconds; a streamed batch gets `timeout` per chunk).
 - Large score batches are cut into chunks of at most `chunk_bytes` (or `chunk_transitions`) and sent
   over the ScoreStream RPC; the answers are concatenated in order. Small batches use unary Score.
@@ -42,13 +44,18 @@ T = TypeVar("T")
 
 RewardServiceError = rpc.ServiceError  # the service failed in a way the caller cannot fix
 
+TOKEN_ENV = "RLHP_REWARD_TOKEN"
+"""Environment variable with the reward service's shared token, read by clients given no `token`
+(so env runners, learners and the query service of one deployment all find it) and by
+`python -m reward_service` given no `--token-file`."""
+
 
 class RewardClient:
     """`RewardBackend` over gRPC. Thread-safe; cheap to pickle."""
 
     def __init__(self, address: str, timeout: float = 30.0, chunk_transitions: int | None = None,
                  chunk_bytes: int = DEFAULT_CHUNK_BYTES, request_bytes: int = DEFAULT_REQUEST_BYTES,
-                 root_cert: bytes | None = None) -> None:
+                 root_cert: bytes | None = None, token: str | None = None) -> None:
         if chunk_transitions is not None and chunk_transitions < 1:
             raise ValueError("chunk_transitions must be at least 1")
         self.address = address
@@ -57,6 +64,7 @@ class RewardClient:
         self.chunk_bytes = int(chunk_bytes)
         self.request_bytes = int(request_bytes)
         self.root_cert = root_cert
+        self._token = token  # None: $RLHP_REWARD_TOKEN (read when the channel opens), "" for none
         self._lock = threading.Lock()
         self._channel: grpc.Channel | None = None
         self._stub: reward_pb2_grpc.RewardServiceStub | None = None
@@ -71,7 +79,8 @@ class RewardClient:
                 if self._stub is None or self._pid != os.getpid():
                     # After a fork the parent's channel must not be used (nor closed) here.
                     rpc.tune_malloc_for_large_messages()
-                    self._channel = rpc.make_channel(self.address, SERVICE_NAME, self.root_cert)
+                    token = os.environ.get(TOKEN_ENV, "") if self._token is None else self._token
+                    self._channel = rpc.make_channel(self.address, SERVICE_NAME, self.root_cert, token)
                     self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
                     self._pid = os.getpid()
         return self._stub

@@ -157,14 +157,17 @@ def inherit_torch_threads() -> Callable[[], None] | None:
 
 
 def serve(model: RewardBackend, host: str = "127.0.0.1", port: int = 0, max_workers: int = 8,
-          max_batch: int | None = None, tls: tuple[bytes, bytes] | None = None) -> RewardServer:
+          max_batch: int | None = None, tls: tuple[bytes, bytes] | None = None,
+          token: str | None = None) -> RewardServer:
     """Start serving `model` in this process (background threads) and return at once.
 
     Binds loopback by default; `port=0` picks a free port (see `.port` / `.address`). Worker
-    threads use the torch thread count of the calling thread (`inherit_torch_threads`).
+    threads use the torch thread count of the calling thread (`inherit_torch_threads`). `tls` is
+    (certificate, key) PEM; with `token` every call must carry it (UNAUTHENTICATED otherwise).
     """
     rpc.tune_malloc_for_large_messages()
-    server = rpc.make_server(max_workers=max_workers, initializer=inherit_torch_threads())
+    server = rpc.make_server(max_workers=max_workers, initializer=inherit_torch_threads(), token=token,
+                             service="the reward service")
     servicer = RewardServicer(model, max_batch=max_batch)
     reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, server)
     bound = rpc.bind(server, host, port, tls=tls)

@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import json
 import logging
 import traceback
@@ -78,10 +80,85 @@ def tune_malloc_for_large_messages() -> bool:
     return ok
 
 
-def make_server(max_workers: int = 16, initializer: Callable[[], Any] | None = None) -> grpc.Server:
-    """A sync server; `initializer` runs once in every worker thread (e.g. per-thread torch settings)."""
+def make_server(max_workers: int = 16, initializer: Callable[[], Any] | None = None,
+                token: str | None = None, service: str = "this service") -> grpc.Server:
+    """A sync server; `initializer` runs once in every worker thread (e.g. per-thread torch settings).
+    With `token`, every call must carry it (`authorization: Bearer <token>`, see `SharedToken`)."""
     pool = futures.ThreadPoolExecutor(max_workers=max_workers, initializer=initializer)
-    return grpc.server(pool, options=_OPTIONS)
+    interceptors = [SharedToken(token, service)] if token else None
+    return grpc.server(pool, options=_OPTIONS, interceptors=interceptors)
+
+
+class SharedToken(grpc.ServerInterceptor):
+    """Refuses every call that does not carry `token` as ``authorization: Bearer <token>`` with
+    UNAUTHENTICATED (compared in constant time; the message never repeats what was sent)."""
+
+    def __init__(self, token: str, service: str = "this service") -> None:
+        if not token:
+            raise ValueError("a shared token must not be empty")
+        self._digest = hashlib.sha256(token.encode()).digest()
+        self._service = service
+
+    def _sent(self, metadata: Any) -> str | None:
+        for key, value in metadata or ():
+            if key == "authorization" and value.startswith("Bearer "):
+                return value[len("Bearer "):].strip()
+        return None
+
+    def intercept_service(self, continuation: Callable, details: Any) -> Any:
+        sent = self._sent(details.invocation_metadata)
+        if sent is not None and hmac.compare_digest(hashlib.sha256(sent.encode()).digest(), self._digest):
+            return continuation(details)
+        handler = continuation(details)
+        if handler is None:
+            return None
+        message = (f"{self._service} needs its token: send 'authorization: Bearer <token>'" if sent is None
+                   else f"wrong token for {self._service}")
+
+        def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(deny)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, base: Any, metadata: list) -> None:
+        self.method = base.method
+        self.timeout = base.timeout
+        self.metadata = metadata
+        self.credentials = base.credentials
+        self.wait_for_ready = getattr(base, "wait_for_ready", None)
+        self.compression = getattr(base, "compression", None)
+
+
+class _WithToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call of a channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        metadata = [m for m in (details.metadata or ()) if m[0] != "authorization"]
+        return _CallDetails(details, metadata + [self._header])
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
 
 
 def bind(server: grpc.Server, host: str, port: int, tls: tuple[bytes, bytes] | None = None) -> int:
@@ -110,12 +187,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def make_channel(address: str, service: str, root_cert: bytes | None = None) -> grpc.Channel:
-    """A channel with our limits and a retry policy for UNAVAILABLE. Open it in the process that uses it."""
+def make_channel(address: str, service: str, root_cert: bytes | None = None, token: str = "") -> grpc.Channel:
+    """A channel with our limits and a retry policy for UNAVAILABLE. Open it in the process that uses it.
+    `root_cert`: TLS with this CA (PEM); `token`: sent with every call (a server's `SharedToken`)."""
     options = _OPTIONS + [("grpc.enable_retries", 1), ("grpc.service_config", _retry_config(service))]
     if root_cert is not None:
-        return grpc.secure_channel(address, grpc.ssl_channel_credentials(root_cert), options=options)
-    return grpc.insecure_channel(address, options=options)
+        channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_cert), options=options)
+    else:
+        channel = grpc.insecure_channel(address, options=options)
+    return grpc.intercept_channel(channel, _WithToken(token)) if token else channel
 
 
 _STATUS = [

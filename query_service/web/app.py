@@ -3,6 +3,7 @@
 A small local web server (stdlib only) between your browser and the query service:
 
     rlhp label --server HOST:PORT --token TOKEN            # then open http://127.0.0.1:8765/
+    rlhp label --server HOST:PORT --token TOKEN --tls-ca ca.pem   # a query service that serves TLS
 
 The page shows the two clips of a query side by side, looping in sync; answer with the buttons or the
 arrow keys (← left is better, → right is better, ↑ equal, ↓ can't tell). The token stays in this
@@ -42,12 +43,13 @@ from .session import LabelApp
 
 def make_server(server: str, token: str, host: str = "127.0.0.1", port: int = 8765,
                 experiments: tuple[str, ...] = (), lease_seconds: float = 600.0,
-                client: Any = None) -> LabelServer:
-    """Build the labeling web server (not started: call `serve_forever`, e.g. in a thread)."""
+                client: Any = None, root_cert: bytes | None = None) -> LabelServer:
+    """Build the labeling web server (not started: call `serve_forever`, e.g. in a thread).
+    `root_cert`: the CA (PEM) of a query service that serves TLS."""
     if client is None:
         from query_service.client import QueryClient
 
-        client = QueryClient(server, token)
+        client = QueryClient(server, token, root_cert=root_cert)
     app = LabelApp(client, experiments=experiments, lease_seconds=lease_seconds, server=server)
     return LabelServer((host, port), app)
 
@@ -62,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", required=True, metavar="HOST:PORT", help="address of the query service")
     p.add_argument("--token", default=os.environ.get("RLHP_TOKEN"), required=not os.environ.get("RLHP_TOKEN"),
                    help="your labeler token (from `rlhp token create`); default: $RLHP_TOKEN")
+    p.add_argument("--tls-ca", metavar="PEM",
+                   help="the CA certificate of a query service that serves TLS (default: $RLHP_QUERY_CA, if set)")
     p.add_argument("--port", type=int, default=8765, help="port of the local page (default 8765; 0 picks one)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to serve the page on (default 127.0.0.1: only this machine)")
@@ -80,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     experiments = tuple(e.strip() for e in args.experiments.split(",") if e.strip())
     try:
-        httpd = make_server(args.server, args.token, args.host, args.port, experiments, args.lease_seconds)
+        root_cert = open(args.tls_ca, "rb").read() if args.tls_ca else None
+    except OSError as e:
+        print(f"rlhp label: cannot read --tls-ca {args.tls_ca}: {e.strerror}", file=sys.stderr)
+        return 2
+    try:
+        httpd = make_server(args.server, args.token, args.host, args.port, experiments, args.lease_seconds,
+                            root_cert=root_cert)
     except OSError as e:
         print(f"rlhp label: cannot serve on {args.host}:{args.port}: {e}", file=sys.stderr)
         return 1

@@ -64,3 +64,11 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
     assert f"resuming at iteration {state['iteration']}, {steps:,} env steps" in out2
     after = json.loads((run_dir / "state.json").read_text())
     assert after["iteration"] > state["iteration"] and after["env_steps"] >= steps + 1000
+    # No token of the run is anywhere but in its own tokens/ files: not in config.yaml, metrics,
+    # logs, the database (hashes only), the reward model or the RLlib checkpoint, nor on the terminal.
+    tokens = [f.read_text().strip() for f in (run_dir / "tokens").glob("*.token")]
+    assert len(tokens) >= 2  # the env runners' producer token and the teacher's
+    holders = [f for f in run_dir.rglob("*") if f.is_file() and "tokens" not in f.relative_to(run_dir).parts
+               and any(t.encode() in f.read_bytes() for t in tokens)]
+    assert not holders, holders
+    assert not any(t in out or t in out2 for t in tokens)

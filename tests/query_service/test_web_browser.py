@@ -44,20 +44,21 @@ def atari_segments(experiment: str, n: int, t: int = 25):
 class Stack:
     """Query service (core + gRPC server) and `rlhp label` web apps, all on loopback."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, tls: dict | None = None) -> None:
         from query_service.config import QueryConfig
         from query_service.core import QueryService
         from query_service.server import serve
 
         self.run_dir = run_dir
         self.core = QueryService(run_dir, QueryConfig.smoke(selection="random", queue_target=4), seed=0)
-        self.server = serve(self.core, "127.0.0.1", 0)
+        self.server = serve(self.core, "127.0.0.1", 0, tls=(tls["cert"], tls["key"]) if tls else None)
+        self.root_cert = tls["cert_pem"] if tls else None
         self.webs: list = []
 
     def web(self, token: str, experiments: tuple[str, ...] = ()):
         from query_service.web.app import make_server
 
-        httpd = make_server(self.server.address, token, "127.0.0.1", 0, experiments)
+        httpd = make_server(self.server.address, token, "127.0.0.1", 0, experiments, root_cert=self.root_cert)
         threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
         self.webs.append(httpd)
         return httpd
@@ -208,3 +209,31 @@ def test_service_unreachable_is_reported(tmp_path, browser):
         page.close()
     finally:
         httpd.shutdown_and_close()
+
+
+def test_label_through_a_tls_query_service(tmp_path, browser, tls_files):
+    """`rlhp label --tls-ca`: the page labels through a query service that serves TLS only."""
+    from query_service.client import QueryClient
+    from rlhp.wire import Preference
+
+    stack = Stack(tmp_path / "run", tls=tls_files)
+    try:
+        core = stack.core
+        producer = core.create_token("actor", "producer")
+        token = core.create_token("alice", "labeler")
+        core.add_segments(producer, atari_segments("pong", 6))
+        core.report_progress(producer, "pong", 0)
+        assert core.select_once() >= 2
+        with QueryClient(stack.server.address, token, timeout=3) as plain:  # no CA: no connection
+            with pytest.raises((ConnectionError, TimeoutError)):
+                plain.lease()
+        web = stack.web(token)
+        page = browser.new_page()
+        page.goto(web.url)
+        page.wait_for_function(ACTIVE_READY, timeout=20_000)
+        shown = page.evaluate("window.rlhpState.shown")
+        page.keyboard.press("ArrowUp")
+        assert wait_label(core.run_dir / "labels.sqlite", shown) == (int(Preference.EQUAL), "alice")
+        page.close()
+    finally:
+        stack.close()

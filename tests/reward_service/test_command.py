@@ -16,7 +16,7 @@ import pytest
 from reward_service.client import RewardClient
 from reward_service.core import CHECKPOINT_NAME, RewardModel
 from reward_service.types import ComparisonData, SegmentData
-from rlhp.wire import Preference, Space
+from rlhp.wire import Preference, Space, Unauthenticated
 
 ROOT = Path(__file__).resolve().parents[2]
 HOPPER = Space.parse("11/box:3")
@@ -40,7 +40,11 @@ def test_help_exits_zero():
     (["--obs-space", "11/box:3", "--members", "0"], "--members must be >= 1"),
     (["--resume"], "--resume needs --checkpoint-dir"),
     (["--obs-space", "11/box:3", "--port", "70000"], "not a port number"),
-    (["--obs-space", "11/box:3", "--host", "0.0.0.0"], "has no TLS or tokens: keep it on 127.0.0.1"),
+    (["--obs-space", "11/box:3", "--host", "0.0.0.0"], "reachable from other machines: serve TLS"),
+    (["--obs-space", "11/box:3", "--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+    (["--obs-space", "11/box:3", "--tls-cert", "/nope/c.pem", "--tls-key", "/nope/k.pem"],
+     "cannot read the TLS certificate or key"),
+    (["--obs-space", "11/box:3", "--token-file", "/nope/token"], "cannot read --token-file /nope/token"),
 ])
 def test_bad_arguments_exit_2_without_traceback(args, message):
     r = subprocess.run([sys.executable, "-m", "reward_service", *args], cwd=ROOT, env=_env(),
@@ -97,13 +101,19 @@ def test_subprocess_serves_and_checkpoints_on_sigterm(tmp_path):
     assert ckpt.stat().st_size > 0
     assert RewardModel.load(str(ckpt)).stats().comparisons == 2
 
-    # --resume picks the checkpoint up; SIGINT also exits cleanly.
-    proc, port = _start(tmp_path, "--resume")
+    # --resume picks the checkpoint up, here behind a shared token; SIGINT also exits cleanly.
+    token = "tok-" + os.urandom(8).hex()
+    (tmp_path / "token").write_text(token + "\n")
+    proc, port = _start(tmp_path, "--resume", "--token-file", str(tmp_path / "token"))
     try:
-        with RewardClient(f"127.0.0.1:{port}", timeout=30) as client:
+        with RewardClient(f"127.0.0.1:{port}", timeout=30, token=token) as client:
             assert client.stats().comparisons == 2
+        with RewardClient(f"127.0.0.1:{port}", timeout=30, token="") as client:
+            with pytest.raises(Unauthenticated, match="needs its token"):
+                client.stats()
     finally:
-        _terminate(proc, signal.SIGINT)
+        out = _terminate(proc, signal.SIGINT)
+    assert token not in out
 
 
 def _segment_data(sid: str, seed: int) -> SegmentData:

@@ -419,3 +419,55 @@ def test_handle_errors_keeps_an_explicit_abort():
         assert info.value.code() == grpc.StatusCode.NOT_FOUND and info.value.details() == "nothing here"
     finally:
         server.stop(0)
+
+
+# ---- access: a shared token, TLS ----------------------------------------------------------
+
+
+def test_a_shared_token_guards_every_rpc_and_is_never_repeated(model, monkeypatch):
+    from reward_service.types import ComparisonData, SegmentData
+    from rlhp.types import Preference, Unauthenticated
+
+    secret = "s3cr3t-token-value"
+    srv = serve(model, port=0, token=secret)
+    obs, act = transitions(40)
+    try:
+        for token, says in (("", "needs its token"), (secret + "x", "wrong token")):
+            with RewardClient(srv.address, token=token, chunk_transitions=16) as bad:
+                calls = (bad.stats, lambda: bad.score(obs[:4], act[:4]),
+                         lambda: bad.score(obs, act),  # streamed in chunks: ScoreStream
+                         lambda: bad.add_comparisons([SegmentData("a", obs[:5], act[:5])], []),
+                         lambda: bad.disagreement([], [("a", "b")]), bad.checkpoint)
+                for call in calls:
+                    with pytest.raises(Unauthenticated, match=says) as e:
+                        call()
+                    assert secret not in str(e.value)
+        with RewardClient(srv.address, token=secret, chunk_transitions=16) as good:
+            segs = [SegmentData("a", obs[:5], act[:5]), SegmentData("b", obs[5:10], act[5:10])]
+            assert good.add_comparisons(segs, [ComparisonData("c", "a", "b", Preference.LEFT)]).added == 1
+            streamed, _ = good.score(obs, act)
+            assert streamed.shape == (40,)
+            assert good.stats().comparisons == 1
+            assert secret not in repr(good)
+        monkeypatch.setenv("RLHP_REWARD_TOKEN", secret)  # clients given no token read the environment
+        with RewardClient(srv.address) as from_env:
+            assert from_env.stats().comparisons == 1
+    finally:
+        srv.stop(0)
+
+
+def test_tls_and_token_together(model, tls_files):
+    from rlhp.types import Unauthenticated
+
+    srv = serve(model, host="127.0.0.1", port=0, tls=(tls_files["cert_pem"], tls_files["key_pem"]), token="t0k")
+    try:
+        with RewardClient(srv.address, root_cert=tls_files["cert_pem"], token="t0k") as client:
+            assert client.score(*transitions(3))[0].shape == (3,)
+        with RewardClient(srv.address, root_cert=tls_files["cert_pem"], token="") as client:
+            with pytest.raises(Unauthenticated):
+                client.stats()
+        with RewardClient(srv.address, token="t0k", timeout=3) as plain:  # no TLS: the handshake fails
+            with pytest.raises((ConnectionError, TimeoutError)):
+                plain.stats()
+    finally:
+        srv.stop(0)
