@@ -29,6 +29,7 @@ from learner.experiment import ExperimentConfig
 from learner.presets import PRESETS
 from learner.runs import Stopped, TrainError, library_logs_to
 from learner.train import Trainer
+from rlhp.types import Unavailable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,11 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainError, configs.ConfigError, ValueError) as e:
         print(f"rlhp train: {e}", file=sys.stderr)
         return 2
-    run_dir.mkdir(parents=True, exist_ok=True)
-    configs.save(cfg, run_dir / "config.yaml")
-    import ray.rllib  # noqa: F401 - Ray and RLlib set up their stderr loggers on import; re-route them
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        configs.save(cfg, run_dir / "config.yaml")
+        import ray.rllib  # noqa: F401 - Ray and RLlib set up their stderr loggers on import; re-route them
 
-    library_logs_to(run_dir / "logs" / "driver.log")
+        library_logs_to(run_dir / "logs" / "driver.log")
+    except OSError as e:  # a read-only or full disk
+        print(f"rlhp train: cannot write the run directory {run_dir}: {e.strerror or e}", file=sys.stderr)
+        return 2
     trainer = Trainer(cfg, run_dir, resume=resume, ray_address=args.address,
                       reward_address=args.reward_address, query_address=args.query_address,
                       query_token=args.query_token)
@@ -120,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = trainer.run()
     except TrainError as e:
         print(f"rlhp train: {e}", file=sys.stderr)
+        return 1
+    except (Unavailable, OSError) as e:  # the disk filled up or turned read-only during the run
+        print(f"rlhp train: {e}; stopped at iteration {trainer.iteration} (the last checkpoint is kept: "
+              f"continue with --resume {run_dir} once the run directory is writable)", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (learner.runs.Stopped)
         why = "stopped by SIGTERM" if isinstance(e, Stopped) else "interrupted"

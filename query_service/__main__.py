@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhp.signals import StopFlag
+from rlhp.types import Unavailable
 
 from .config import QueryConfig
 from .tokens import kept_token
@@ -133,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = Path(args.run_dir)
     reward = reward_factory(args.reward_address) if args.reward_address else None
-    core = QueryService(run_dir, config, reward=reward, reward_factory=reward_factory)
-    producer_token(core, run_dir)
+    try:
+        core = QueryService(run_dir, config, reward=reward, reward_factory=reward_factory)
+        producer_token(core, run_dir)
+    except (Unavailable, OSError) as e:  # a read-only or full run directory
+        print(f"rlhp query-service: {e}", file=sys.stderr)
+        return 1
     try:
         server = serve(core, args.host, args.port, (args.tls_cert, args.tls_key) if args.tls_cert else None)
     except OSError as e:

@@ -5,7 +5,9 @@
 (the service's threads) queue on an in-process lock per database file before they begin, so they never
 collide inside SQLite, whose busy handler would put the loser to sleep for up to 100 ms a retry;
 writers of other processes (e.g. `rlhp token` while the service runs) still serialise on the database
-lock (busy timeout 30 s). The named statements over these tables are `store.Store`.
+lock (busy timeout 30 s). A write the disk refuses (full, read-only) is rolled back and raised as
+`rlhp.types.Unavailable` (UNAVAILABLE to clients, who try again). The named statements over these
+tables are `store.Store`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from rlhp.types import Unavailable
 
 DB_NAME = "labels.sqlite"
 
@@ -124,6 +128,28 @@ def unpack(blob: bytes | None, keys: tuple[str, ...] | None = None) -> dict[str,
         return {k: z[k] for k in z.files if keys is None or k in keys}
 
 
+# sqlite3.OperationalError messages that mean the disk, not the request: full, read-only, failing
+_STORAGE_ERRORS = ("database or disk is full", "readonly database", "disk i/o error", "unable to open database file")
+
+
+def _unwritable(directory: Path) -> str:
+    """Why nothing can be written in `directory` (", the run directory is not writable: Read-only
+    file system"), or "" when it can."""
+    import tempfile
+
+    if not directory.is_dir():
+        return ""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            return ""
+    except OSError as e:
+        return f" (the run directory is not writable: {e.strerror})"
+
+
+def _reason(e: BaseException) -> str:
+    return f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror else str(e)
+
+
 _WRITE_LOCKS: "weakref.WeakValueDictionary[str, Any]" = weakref.WeakValueDictionary()
 _WRITE_LOCKS_GUARD = threading.Lock()
 
@@ -143,15 +169,28 @@ class Database:
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.run_dir / DB_NAME
         self._write_lock = _write_lock(self.path)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._closed = False
-        self.conn().executescript(_SCHEMA)
-        self._add_columns()
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.conn().executescript(_SCHEMA)
+            self._add_columns()
+        except (OSError, sqlite3.Error) as e:
+            self.close()
+            raise Unavailable(f"cannot open the label store {self.path}: {_reason(e)}"
+                              f"{_unwritable(self.run_dir)}") from None
+
+    def _unavailable(self, e: BaseException) -> Unavailable | None:
+        """The error to raise for a write the disk refused (full, read-only, failing); None for others."""
+        text = str(e).lower()
+        if isinstance(e, sqlite3.OperationalError) and any(k in text for k in _STORAGE_ERRORS):
+            return Unavailable(f"the label store {self.path} cannot be written: {e} (nothing was stored; "
+                               "free disk space or make the run directory writable, then try again)")
+        return None
 
     def _add_columns(self) -> None:
         """Bring a database of an older version up to the schema (columns only ever get added)."""
@@ -184,13 +223,21 @@ class Database:
         turns here (no busy-handler sleeps); other processes still wait on SQLite's own lock."""
         c = self.conn()
         with self._write_lock:
-            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as e:
+                raise self._unavailable(e) or e from None
             try:
                 yield c
-            except BaseException:
-                c.execute("ROLLBACK")
+                c.execute("COMMIT")
+            except BaseException as e:
+                if c.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        c.execute("ROLLBACK")
+                unavailable = self._unavailable(e)
+                if unavailable is not None:
+                    raise unavailable from None
                 raise
-            c.execute("COMMIT")
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -91,7 +91,7 @@ def serve(core: QueryService, host: str = "127.0.0.1", port: int = 0,
           tls: tuple[str | Path, str | Path] | None = None, max_workers: int = 16) -> QueryServer:
     """Start a gRPC server for `core`; `tls` is (cert_path, key_path) PEM files."""
     server = rpc.make_server(max_workers=max_workers)
-    query_pb2_grpc.add_QueryServiceServicer_to_server(QueryServicer(core), server)
+    rpc.add_servicer(server, QueryServicer(core), query_pb2_grpc.add_QueryServiceServicer_to_server)
     creds = None
     if tls is not None:
         creds = (Path(tls[0]).read_bytes(), Path(tls[1]).read_bytes())

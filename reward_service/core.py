@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rlhp.types import FailedPrecondition, InvalidRequest, Space
+from rlhp.types import FailedPrecondition, InvalidRequest, Space, Unavailable
 
 from . import checkpoint as ckpt
 from .buffer import ComparisonBuffer
@@ -384,9 +384,12 @@ class RewardModel:
     def checkpoint(self, path: str | None = None) -> tuple[str, int]:
         """Atomically write everything needed to resume; returns (path, published version).
 
-        Default path: `<checkpoint_dir>/reward_model.pt`. The file is written next to the target
-        and renamed over it, so an existing checkpoint survives a failed write.
+        Default path: `<checkpoint_dir>/reward_model.pt`; a bare file name goes into the checkpoint
+        directory too (the only kind of path the service accepts over gRPC). The file is written
+        next to the target and renamed over it, so an existing checkpoint survives a failed write.
         """
+        if path and self.checkpoint_dir and os.path.basename(path) == path:
+            path = os.path.join(self.checkpoint_dir, path)
         if not path:
             if not self.checkpoint_dir:
                 raise FailedPrecondition(
@@ -395,7 +398,11 @@ class RewardModel:
         path = os.path.abspath(path)
         with self._round_paused(), self._train_lock:  # between rounds; copies, so I/O runs unlocked
             state = self._state()
-        ckpt.atomic_save(state, path)
+        try:
+            ckpt.atomic_save(state, path)
+        except OSError as e:  # a full or read-only disk: the previous checkpoint is still whole
+            raise Unavailable(f"cannot write the checkpoint {path}: {e.strerror or e} (the previous one, if "
+                              "any, is kept)") from None
         return path, int(state["version"])
 
     def _state(self) -> dict[str, Any]:

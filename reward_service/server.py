@@ -14,6 +14,7 @@ a bad request never takes the service down.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -101,7 +102,12 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
 
     @rpc.handle_errors
     def Checkpoint(self, request, context):
-        path, version = self.model.checkpoint(request.path or None)
+        name = request.path
+        if name and (os.path.basename(name) != name or name in (".", "..") or "\x00" in name or len(name) > 200):
+            raise wire.InvalidRequest(f"Checkpoint: {name[:200]!r} is not a file name; over the service a "
+                                      "checkpoint goes into the service's checkpoint directory, under the "
+                                      "file name given (or reward_model.pt)")
+        path, version = self.model.checkpoint(name or None)
         return reward_pb2.CheckpointResponse(path=str(path), model_version=int(version))
 
 
@@ -169,7 +175,7 @@ def serve(model: RewardBackend, host: str = "127.0.0.1", port: int = 0, max_work
     server = rpc.make_server(max_workers=max_workers, initializer=inherit_torch_threads(), token=token,
                              service="the reward service")
     servicer = RewardServicer(model, max_batch=max_batch)
-    reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, server)
+    rpc.add_servicer(server, servicer, reward_pb2_grpc.add_RewardServiceServicer_to_server)
     bound = rpc.bind(server, host, port, tls=tls)
     server.start()
     log.info("reward service listening on %s:%d", host, bound)

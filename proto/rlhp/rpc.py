@@ -4,7 +4,7 @@
 - `handle_errors`: maps the core's exceptions (rlhp.types) to status codes with readable messages;
   anything unexpected becomes INTERNAL with the error text, and the server keeps serving.
 - `exception_for` / `call`: the way back, for every client (and the labeling page): a status code
-  becomes the core's exception again, UNAVAILABLE (after the channel's retries) `ConnectionError`,
+  becomes the core's exception again, UNAVAILABLE (after the channel's retries) `rlhp.types.Unavailable` (a `ConnectionError`),
   DEADLINE_EXCEEDED `TimeoutError`, anything else `ServiceError`. One table for both directions.
 """
 
@@ -17,7 +17,7 @@ import json
 import logging
 import traceback
 from concurrent import futures
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grpc
 
@@ -222,7 +222,7 @@ def exception_for(e: grpc.RpcError, service: str = "the service", hint: str = ""
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         return types.InvalidRequest(f"request to the {service} is too large: {details}")
     if code == grpc.StatusCode.UNAVAILABLE:
-        return ConnectionError(f"{service} is unavailable (after retries): {details}" + (f". {hint}" if hint else ""))
+        return types.Unavailable(f"{service} is unavailable (after retries): {details}" + (f". {hint}" if hint else ""))
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return TimeoutError(f"{service} did not answer in time: {details}")
     name = code.name if code is not None else "UNKNOWN"
@@ -244,11 +244,75 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
     for kind, code in _STATUS:
         if isinstance(exc, kind):
             return code
+    if isinstance(exc, types.Unavailable):  # clients see it as any UNAVAILABLE: a ConnectionError
+        return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
 
 
+class Undecodable:
+    """What a request that is not a valid message of its type decodes to (`add_servicer`); the
+    servicer method, wrapped by `handle_errors`, answers it with INVALID_ARGUMENT."""
+
+    __slots__ = ("type_name", "error")
+
+    def __init__(self, type_name: str, error: str) -> None:
+        self.type_name = type_name
+        self.error = error
+
+    def invalid(self) -> types.InvalidRequest:
+        return types.InvalidRequest(f"the request is not a valid {self.type_name} message ({self.error})")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+    owner = getattr(deserializer, "__self__", None)  # `Message.FromString` is bound to its class
+    type_name = getattr(getattr(owner, "DESCRIPTOR", None), "full_name", "request")
+
+    def decode(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as e:  # noqa: BLE001 — DecodeError, or anything protobuf raises on junk
+            return Undecodable(type_name, f"{type(e).__name__}: {e}")
+
+    return decode
+
+
+class _Captured:
+    """Stands in for a server while generated code registers its handlers (`add_servicer`)."""
+
+    def __init__(self) -> None:
+        self.name = ""
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, name: str, handlers: dict) -> None:
+        self.name, self.handlers = name, dict(handlers)
+
+
+def add_servicer(server: grpc.Server, servicer: Any, add_generated: Callable[[Any, Any], None]) -> None:
+    """`add_<Service>Servicer_to_server(servicer, server)` (the generated function), except that a
+    request that does not decode answers INVALID_ARGUMENT instead of gRPC's INTERNAL "Exception
+    deserializing request!": random bytes are bad input, not a fault of the service."""
+    captured = _Captured()
+    add_generated(servicer, captured)
+    handlers = {m: h._replace(request_deserializer=_tolerant(h.request_deserializer))
+                for m, h in captured.handlers.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(captured.name, handlers),))
+    server.add_registered_method_handlers(captured.name, handlers)
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, Undecodable):
+        raise request.invalid()
+    return request
+
+
 def handle_errors(method: Callable) -> Callable:
-    """Decorate a servicer method (unary or streaming response) so errors become status codes."""
+    """Decorate a servicer method (unary or streaming response) so errors become status codes (and
+    an `Undecodable` request INVALID_ARGUMENT)."""
 
     def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
         code = status_for(exc)
@@ -259,10 +323,15 @@ def handle_errors(method: Callable) -> Callable:
             message = str(exc)
         context.abort(code, message)
 
+    def requests(request: Any) -> Any:  # a stream of requests is checked one by one as it is read
+        if isinstance(request, Iterator):
+            return (_decoded(r) for r in request)
+        return _decoded(request)
+
     @functools.wraps(method)
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            return method(self, requests(request), context)
         except Exception as exc:  # noqa: BLE001 — every error becomes a status, never a crash
             if isinstance(exc, grpc.RpcError) or _is_abort(exc, context):
                 raise
@@ -271,7 +340,7 @@ def handle_errors(method: Callable) -> Callable:
     @functools.wraps(method)
     def streaming(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            yield from method(self, request, context)
+            yield from method(self, requests(request), context)
         except Exception as exc:  # noqa: BLE001
             if isinstance(exc, grpc.RpcError) or _is_abort(exc, context):
                 raise

@@ -1,7 +1,7 @@
 """Domain types shared by every layer, with no protobuf or gRPC import.
 
 `Space` (observation and action spaces), `Preference` (a labeler's answer), the error types the
-service cores raise (`InvalidRequest`, `NotFound`, `FailedPrecondition`, `Unauthenticated`, `PermissionDenied`; servers
+service cores raise (`InvalidRequest`, `NotFound`, `FailedPrecondition`, `Unauthenticated`, `PermissionDenied`, `Unavailable`; servers
 map them to status codes in `rlhp.rpc`), and the checks of arrays against a `Space`
 (`check_transitions`, `check_finite`). Plain Python + numpy, so a core can use them without loading
 the generated stubs. `rlhp.wire` (the protobuf codec) re-exports all of them.
@@ -34,6 +34,11 @@ class Unauthenticated(PermissionError):
 
 class PermissionDenied(PermissionError):
     """A valid token that may not do this: another role, or an experiment outside its scope."""
+
+
+class Unavailable(ConnectionError):
+    """The service cannot do this now, e.g. its disk is full or read-only; nothing was changed and
+    the same request may succeed later (UNAVAILABLE, which clients retry)."""
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ The domain types live in `rlhp.types` (no protobuf import) and are re-exported h
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 
 from rlhp.types import (FailedPrecondition, InvalidRequest, NotFound, PermissionDenied, Preference, Space,
-                        Unauthenticated, check_finite, check_transitions)
+                        Unauthenticated, Unavailable, check_finite, check_transitions)
 from rlhp.v1 import common_pb2
 
 __all__ = [
@@ -21,11 +22,14 @@ __all__ = [
     "has_tensor", "space_to_proto", "space_from_proto",
     # re-exported from rlhp.types
     "FailedPrecondition", "InvalidRequest", "NotFound", "PermissionDenied", "Preference", "Space", "Unauthenticated",
+    "Unavailable",
     "check_finite", "check_transitions",
 ]
 
 # Largest gRPC message we send or accept. Batches beyond this stream in chunks.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+MAX_DIMS = 32
+"""Most dimensions a tensor on the wire may have (numpy's own limit is 64)."""
 
 
 _TO_NUMPY = {
@@ -77,9 +81,13 @@ def from_tensor(t: common_pb2.Tensor, name: str = "tensor") -> np.ndarray:
     except InvalidRequest as e:
         raise InvalidRequest(f"{name}: {e}") from None
     shape = tuple(int(s) for s in t.shape)
+    if len(shape) > MAX_DIMS:
+        raise InvalidRequest(f"{name} has {len(shape)} dimensions; at most {MAX_DIMS} are accepted")
     if any(s < 0 for s in shape):
         raise InvalidRequest(f"{name} has a negative dimension in shape {list(shape)}")
-    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if any(s > MAX_MESSAGE_BYTES for s in shape):  # no dimension can be longer than a message
+        raise InvalidRequest(f"{name} has a dimension longer than a message can carry in shape {list(shape)}")
+    expected = math.prod(shape) * dt.itemsize  # Python ints: np.prod wraps around on huge shapes
     data = t.data  # each access copies the bytes out of the message: read them once
     if expected != len(data):
         raise InvalidRequest(

@@ -76,6 +76,17 @@ def test_missing_unknown_and_negative():
     assert wire.has_tensor(wire.to_tensor(np.zeros(0, np.float32)))
 
 
+@pytest.mark.parametrize("shape, says", [
+    ([10**6, 2**63 - 1, 255, 0, 10**9], "longer than a message"),  # found by fuzzing: np.prod wrapped to 0
+    ([2**32, 2**32, 0], "longer than a message"),
+    ([1] * 40, "40 dimensions"),
+    ([2**20, 2**20, 2**20], "needs"),  # Python ints: no overflow into a small, matching byte count
+])
+def test_huge_or_many_dimensions_with_empty_data_are_invalid_request(shape, says):
+    with pytest.raises(wire.InvalidRequest, match=says):
+        wire.from_tensor(common_pb2.Tensor(dtype=common_pb2.FLOAT32, shape=shape, data=b""), "x")
+
+
 @pytest.mark.parametrize("dtype", ["complex64", "int16", "uint32", "object", "U3"])
 def test_unsupported_dtypes_are_invalid_request(dtype):
     arr = np.zeros(3, dtype=dtype)

@@ -299,10 +299,15 @@ def test_checkpoint_rpc_writes_a_file(stored, model, tmp_path):
     r = stored.Checkpoint(reward_pb2.CheckpointRequest(), timeout=60)
     assert r.path == os.path.join(model.checkpoint_dir, CHECKPOINT_NAME) and os.path.getsize(r.path) > 0
     assert r.model_version == model.version
-    target = tmp_path / "explicit" / "m.pt"
-    r = stored.Checkpoint(reward_pb2.CheckpointRequest(path=str(target)), timeout=60)
-    assert r.path == str(target) and target.stat().st_size > 0
-    assert RewardModel.load(str(target)).stats().comparisons == 1
+    r = stored.Checkpoint(reward_pb2.CheckpointRequest(path="m.pt"), timeout=60)  # a name in that directory
+    assert r.path == os.path.join(model.checkpoint_dir, "m.pt") and os.path.getsize(r.path) > 0
+    assert RewardModel.load(r.path).stats().comparisons == 1
+    # a client may not have files written anywhere else on the service's machine
+    for bad in (str(tmp_path / "explicit" / "m.pt"), "../m.pt", "..", "sub/m.pt", "a\x00b", "x" * 300):
+        with pytest.raises(grpc.RpcError) as e:
+            stored.Checkpoint(reward_pb2.CheckpointRequest(path=bad), timeout=60)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a file name" in e.value.details()
+    assert not (tmp_path / "explicit").exists() and not (tmp_path / "m.pt").exists()
 
 
 def test_checkpoint_without_directory_is_failed_precondition():
