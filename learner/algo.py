@@ -177,6 +177,9 @@ def build_ppo_config(
     config.env_runners(num_env_runners=num_env_runners, num_envs_per_env_runner=num_envs_per_env_runner)
     config.learners(num_learners=num_learners)
     config.callbacks(SegmentCallbacks)
+    # An env runner that dies (a killed process, a lost node) is replaced and sampling goes on; the
+    # new one gets the current weights. RLlib's default waits 60 s before recreating it.
+    config.fault_tolerance(restart_failed_env_runners=True, delay_between_env_runner_restarts_s=5.0)
     config.learners(learner_connector=LearnedRewardBuilder(reward_address_or_factory,
                                                            extra=extra_learner_connectors))
 

@@ -434,7 +434,12 @@ class Trainer:
                 before = self.env_steps
                 result = self.algo.train()
                 self.iteration += 1
-                self.env_steps += int(_find(result, "env_runners", NUM_ENV_STEPS_SAMPLED, default=0))
+                sampled = _find(result, "env_runners", NUM_ENV_STEPS_SAMPLED, default=0)
+                sampled = int(sampled) if isinstance(sampled, (int, float)) and math.isfinite(sampled) else 0
+                if sampled == 0:  # e.g. the only env runner died during sample(); RLlib restarts it
+                    self.say(f"iteration {self.iteration}: no env steps came back (an env runner was lost; "
+                             "RLlib starts a new one)")
+                self.env_steps += sampled
                 if self.lockstep:
                     self.sync_labels()  # the labels the schedule wants at these env steps
                 if self.model is not None and sync_steps > 0:
