@@ -13,7 +13,7 @@ COLUMNS = (
     "iteration", "time_s", "env_steps", "steps_per_s", "true_return", "predicted_return",
     "segment_corr", "labels", "labels_wanted", "label_rate", "queries_pending",
     "reward_version", "reward_val_accuracy", "reward_val_loss",
-    "segments_sent", "segments_dropped", "policy_corr", "step_corr",
+    "segments_sent", "segments_dropped", "policy_corr", "step_corr", "reward_fallback",
 )
 
 
@@ -89,6 +89,8 @@ def progress_line(row: Mapping[str, float]) -> str:
         f"| labels {int(row.get('labels', 0))}/{int(row.get('labels_wanted', 0))} "
         f"pending {int(row.get('queries_pending', 0))} | rm v{int(row.get('reward_version', 0))} "
         f"acc {_fmt(row.get('reward_val_accuracy'), '.2f')}"
+        + (" | reward service unreachable: scored with the learner's copy of that version"
+           if row.get("reward_fallback") else "")
     )
 
 

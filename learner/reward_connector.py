@@ -38,11 +38,18 @@ as is; only sensible in-process, e.g. ``num_learners=0``).
 Metrics (learner results, under ``result["learners"]["__all_modules__"]``):
 ``learned_reward_model_version``, ``learned_reward_mean``, ``learned_reward_std``,
 ``learned_reward_score_s`` (seconds in `score`), ``learned_reward_transitions`` and
-``learned_reward_score_calls`` (lifetime sums).
+``learned_reward_score_calls`` (lifetime sums), ``learned_reward_fallback``.
+
+When the reward service cannot be reached the connector scores with its own copy of the last
+version it fetched (`RewardModel.snapshot` / `from_snapshot`, refreshed at most every 30 s when the
+version changed) and tries the service again every 10 s: a reward service that dies or restarts
+does not stop the learner, which says so (``learned_reward_fallback`` = 1, and the progress line).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 import warnings
 from typing import Any, Callable, List, Optional
@@ -60,6 +67,10 @@ BackendSpec = Any  # str address | Callable[[], RewardBackend] | RewardBackend
 
 _BOOTSTRAP_TS_FLAG = "_added_loss_mask_for_valid_episode_ts"
 VERSION_METRIC = "learned_reward_model_version"
+FALLBACK_METRIC = "learned_reward_fallback"
+"""1 when the last train batch was scored by the learner's copy (the service was unreachable)."""
+
+log = logging.getLogger("rlhp.learner")
 
 
 def reward_version(result: dict) -> int:
@@ -67,6 +78,13 @@ def reward_version(result: dict) -> int:
     result (where `LearnedRewardConnector` logs it); 0 before any batch was scored."""
     node = (result.get("learners") or {}).get(ALL_MODULES) or {}
     return int(node.get(VERSION_METRIC, 0) or 0)
+
+
+def reward_fallback(result: dict) -> bool:
+    """Whether the last train batch was scored by the learner's local copy of the reward model."""
+    node = (result.get("learners") or {}).get(ALL_MODULES) or {}
+    value = node.get(FALLBACK_METRIC, 0)
+    return bool(value) and value == value  # NaN (never logged) is no
 
 
 def resolve_backend(spec: BackendSpec) -> Any:
@@ -90,7 +108,8 @@ class LearnedRewardConnector(ConnectorV2):
 
     def __init__(self, input_observation_space: Optional[gym.Space] = None,
                  input_action_space: Optional[gym.Space] = None, *, backend: BackendSpec,
-                 clip_actions: bool = True, **kwargs):
+                 clip_actions: bool = True, copy_every_s: float = 30.0, retry_after_s: float = 10.0,
+                 **kwargs):
         super().__init__(input_observation_space, input_action_space, **kwargs)
         self._backend_spec = backend
         self._backend: Any = None
@@ -98,6 +117,16 @@ class LearnedRewardConnector(ConnectorV2):
         self.score_calls = 0
         self.last_version: int | None = None
         self.last_rewards: np.ndarray | None = None
+        # The local copy of the published model (`RewardModel.from_snapshot`): refreshed at most every
+        # `copy_every_s` when the service has a new version; it scores while the service is
+        # unreachable, and the service is tried again `retry_after_s` after a failure.
+        self.copy: Any = None
+        self.copy_version = -1
+        self.copy_every_s = float(copy_every_s)
+        self.retry_after_s = float(retry_after_s)
+        self._copied_at = -math.inf
+        self._down_until = -math.inf
+        self.fallback_batches = 0
 
     @property
     def backend(self) -> Any:
@@ -138,7 +167,7 @@ class LearnedRewardConnector(ConnectorV2):
                        else actions.astype(np.float32))
 
         t0 = time.perf_counter()
-        rewards, version = self.backend.score(observations, actions)
+        rewards, version, fallback = self._score(observations, actions)
         elapsed = time.perf_counter() - t0
         rewards = np.asarray(rewards, dtype=np.float32).reshape(-1)
         if rewards.shape[0] != total:
@@ -167,7 +196,45 @@ class LearnedRewardConnector(ConnectorV2):
             metrics.log_value((ALL_MODULES, "learned_reward_score_s"), elapsed, window=1)
             metrics.log_value((ALL_MODULES, "learned_reward_transitions"), total, reduce="lifetime_sum")
             metrics.log_value((ALL_MODULES, "learned_reward_score_calls"), 1, reduce="lifetime_sum")
+            metrics.log_value((ALL_MODULES, FALLBACK_METRIC), int(fallback), reduce="max", window=1)
         return batch
+
+    def _score(self, observations: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, int, bool]:
+        """(rewards, version, whether the local copy scored them): the service when it answers,
+        else the copy of the last version fetched from it (none yet: the error is raised)."""
+        now = time.monotonic()
+        if now >= self._down_until or self.copy is None:
+            try:
+                rewards, version = self.backend.score(observations, actions)
+            except (ConnectionError, TimeoutError) as e:  # Unavailable is a ConnectionError
+                if self.copy is None:
+                    raise
+                if self._down_until < now:
+                    log.warning("reward service unreachable (%s); scoring with the local copy of version %d "
+                                "until it answers again", e, self.copy_version)
+                self._down_until = now + self.retry_after_s
+            else:
+                self._down_until = -math.inf
+                self._refresh_copy(int(version), now)
+                return rewards, version, False
+        self.fallback_batches += 1
+        rewards, version = self.copy.score(observations, actions)
+        return rewards, version, True
+
+    def _refresh_copy(self, version: int, now: float) -> None:
+        if version == self.copy_version or now - self._copied_at < self.copy_every_s:
+            return
+        if not hasattr(self.backend, "snapshot"):
+            return
+        self._copied_at = now
+        try:
+            current, data = self.backend.snapshot(self.copy_version)
+            if data:
+                from reward_service.core import RewardModel
+
+                self.copy, self.copy_version = RewardModel.from_snapshot(data), int(current)
+        except Exception as e:  # noqa: BLE001 — keep the older copy; the service still scores
+            log.warning("could not fetch a copy of the reward model (%s: %s)", type(e).__name__, e)
 
 
 class LearnedRewardBuilder:

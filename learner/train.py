@@ -355,7 +355,7 @@ class Trainer:
         return segment_metrics(self.qcore, self.experiment, self.model)
 
     def _row(self, result: dict, dt: float, steps_before: int) -> dict:
-        from learner.reward_connector import reward_version
+        from learner.reward_connector import reward_fallback, reward_version
         from query_service.client import QueryClient
 
         client = QueryClient(self.query_address, self.producer_token)
@@ -384,6 +384,7 @@ class Trainer:
             reward_val_loss=stats.val_loss if stats else math.nan,
             segments_sent=_find(result, "env_runners", "segments_sent", default=0),
             segments_dropped=_find(result, "env_runners", "segments_dropped", default=0),
+            reward_fallback=int(reward_fallback(result)),
         )
         self._labels_before = rows_labels
         return row

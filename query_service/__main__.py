@@ -105,6 +105,9 @@ def _reward_factory(ca: str | None, token_file: str | None) -> Any:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from rlhp.rpc import limit_malloc_arenas
+
+    limit_malloc_arenas(2)  # a long-running service: keep freed memory from piling up per thread
     if bool(args.tls_cert) != bool(args.tls_key):
         print("rlhp query-service: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2

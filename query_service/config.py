@@ -81,6 +81,10 @@ class QueryConfig:
     forward_max_backoff: float = 30.0
     """Longest wait between forwarding retries after failures (doubling from `forward_interval`)."""
 
+    reward_check_interval: float = 10.0
+    """Seconds between checks that each reward model still has every label forwarded to it (one that
+    restarted from an older checkpoint has fewer: its labels are sent again); 0: never check."""
+
     disagreement_chunk_bytes: int = 24 * 1024 * 1024
     """Largest segment payload sent in one Disagreement call; larger candidate sets are chunked."""
 

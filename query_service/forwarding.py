@@ -116,6 +116,34 @@ class Forwarder:
     def unforwarded(self) -> int:
         return self.store.count_unforwarded()
 
+    def check_reward_models(self) -> int:
+        """Re-send the labels of every experiment whose reward model has seen fewer comparisons than
+        were forwarded to it: it restarted from an older checkpoint (or none), and the labels since
+        are gone from it. Returns the number of labels marked for sending again."""
+        with self.store.read() as c:
+            exps = Store.experiments(c)
+        resent = 0
+        for exp in exps:
+            try:
+                address, backend = self.routes.route(exp)
+                if backend is None:
+                    continue
+                with self.store.read() as c:
+                    sent = Store.count_forwarded_trainable(c, exp)
+                if not sent:
+                    continue
+                seen = int(backend.stats().comparisons_seen)
+            except Exception:  # noqa: BLE001 — unreachable now: forwarding's backoff deals with it
+                continue
+            if seen < sent:
+                n = self.reforward(exp)
+                resent += n
+                log.warning("the reward model of %s%s has seen %d labels of the %d forwarded to it (restarted "
+                            "from an older checkpoint?): sending its %d labels again", exp,
+                            f" at {address}" if address else "", seen, sent, n)
+                self.wake()
+        return resent
+
     def loop(self, stop: threading.Event) -> None:
         """Forward continuously; an experiment whose reward service fails is retried with its own
         exponential backoff, so one game's unreachable reward service never delays another's labels."""
@@ -125,7 +153,15 @@ class Forwarder:
             entry = self._backoff.get(exp)
             return entry is None or entry[1] <= time.monotonic()
 
+        checked = time.monotonic()
         while not stop.is_set():
+            every = self.config.reward_check_interval
+            if every > 0 and time.monotonic() - checked >= every:
+                checked = time.monotonic()
+                try:
+                    self.check_reward_models()
+                except Exception:  # noqa: BLE001 — e.g. the database is busy: next time
+                    log.exception("checking the reward models failed")
             try:
                 sent, failed = self._pass(due)
             except Exception as e:  # noqa: BLE001 — e.g. the database is busy: retry

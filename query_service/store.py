@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from rlhp.types import Preference
+
 from . import intake
 from .database import DB_NAME, Database, pack, unpack
 from .types import SegmentRecord
@@ -417,6 +419,12 @@ class Store(Database):
     def count_forwarded(c: sqlite3.Connection, experiment: str) -> int:
         return c.execute("SELECT COUNT(*) FROM labels WHERE experiment=? AND forwarded!=0",
                          (experiment,)).fetchone()[0]
+
+    @staticmethod
+    def count_forwarded_trainable(c: sqlite3.Connection, experiment: str) -> int:
+        """Labels of `experiment` sent to its reward model that it keeps (not INCOMPARABLE)."""
+        return c.execute("SELECT COUNT(*) FROM labels WHERE experiment=? AND forwarded=1 AND answer!=?",
+                         (experiment, int(Preference.INCOMPARABLE))).fetchone()[0]
 
     def unforwarded_experiments(self) -> list[str]:
         return [r[0] for r in self.conn().execute("SELECT DISTINCT experiment FROM labels WHERE forwarded=0")]

@@ -9,6 +9,7 @@ assemble and take apart the dict; this module knows the file.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from typing import Any, Callable
@@ -21,6 +22,9 @@ from rlhp.types import FailedPrecondition, NotFound, Space
 CHECKPOINT_NAME = "reward_model.pt"
 FORMAT = "rlhp.reward_model"
 FORMAT_VERSION = 1
+SNAPSHOT_FORMAT = "rlhp.reward_snapshot"
+"""The published model alone (space, config, version, members, normalisation): what a learner
+needs to score while the service is unreachable (`RewardModel.snapshot` / `from_snapshot`)."""
 
 
 def clone_tree(obj: Any) -> Any:
@@ -110,3 +114,21 @@ def atomic_save(obj: Any, path: str) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def snapshot_bytes(state: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(dict(state, format=SNAPSHOT_FORMAT, format_version=FORMAT_VERSION), buf)
+    return buf.getvalue()
+
+
+def snapshot_from_bytes(data: bytes) -> dict[str, Any]:
+    """The state of `snapshot_bytes`; FailedPrecondition when `data` is something else."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 — truncated or foreign bytes
+        raise FailedPrecondition(f"not a reward model snapshot ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT \
+            or state.get("format_version") != FORMAT_VERSION:
+        raise FailedPrecondition("not a reward model snapshot of this format version")
+    return state

@@ -295,6 +295,12 @@ class RewardClient:
     def stats(self) -> RewardStats:
         return stats_from_proto(self._call(self.stub.Stats, reward_pb2.StatsRequest()))
 
+    def snapshot(self, have_version: int = -1) -> tuple[int, bytes | None]:
+        """(version, the published model for `RewardModel.from_snapshot`), or (version, None) when
+        `have_version` is the current one."""
+        r = self._call(self.stub.Snapshot, reward_pb2.SnapshotRequest(have_version=int(have_version)))
+        return int(r.model_version), (r.data or None)
+
     def checkpoint(self, path: str | None = None) -> tuple[str, int]:
         """Atomically write everything on the service's machine; returns (path, model version)."""
         r = self._call(self.stub.Checkpoint, reward_pb2.CheckpointRequest(path=path or ""),

@@ -424,6 +424,28 @@ class RewardModel:
             "pool": buffer["pool"], "counters": counters, "last": last,
         }
 
+    def snapshot(self, have_version: int = -1) -> tuple[int, bytes | None]:
+        """(version, the published model as bytes for `from_snapshot`), or (version, None) when the
+        caller already holds this version."""
+        snap = self._snapshot
+        if int(have_version) == snap.version:
+            return snap.version, None
+        return snap.version, ckpt.snapshot_bytes({
+            "space": ckpt.space_to_dict(self.space), "config": self.config.to_dict(), "version": snap.version,
+            "published": {"members": [ckpt.clone_tree(m.state_dict()) for m in snap.members],
+                          "mean": snap.mean.tolist(), "std": snap.std.tolist()}})
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> "RewardModel":
+        """A model that scores exactly as the one whose `snapshot` made `data` (same version); it has
+        no comparisons, and training it starts from its own fresh members."""
+        state = ckpt.snapshot_from_bytes(data)
+        model = cls(ckpt.space_from_dict(state["space"]), RewardConfig.from_dict(state["config"]).replace(device="cpu"))
+        pub = state["published"]
+        model._snapshot = _Snapshot(int(state["version"]), model._ensemble.inference_copies(pub["members"]),
+                                    np.asarray(pub["mean"], dtype=np.float64), np.asarray(pub["std"], dtype=np.float64))
+        return model
+
     @classmethod
     def load(cls, path: str, checkpoint_dir: str | None = None, device: str | None = None
              ) -> "RewardModel":

@@ -111,6 +111,11 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         return reward_pb2.CheckpointResponse(path=str(path), model_version=int(version))
 
 
+    @rpc.handle_errors
+    def Snapshot(self, request, context):
+        version, data = self.model.snapshot(int(request.have_version))
+        return reward_pb2.SnapshotResponse(model_version=int(version), data=data or b"")
+
 class RewardServer:
     """A started gRPC server around one model; `address` is what clients connect to."""
 

@@ -86,3 +86,6 @@ class RewardBackend(Protocol):
 
     def checkpoint(self, path: str | None = None) -> tuple[str, int]:
         """Atomically write everything; returns (path, model version)."""
+
+    def snapshot(self, have_version: int = -1) -> tuple[int, bytes | None]:
+        """(version, the published model as bytes), or (version, None) if `have_version` is current."""

@@ -80,6 +80,22 @@ def tune_malloc_for_large_messages() -> bool:
     return ok
 
 
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """Cap glibc's malloc arenas for this process (call it before the server's threads start).
+
+    glibc gives busy threads arenas of their own (up to 8 per core) and keeps what they freed: under
+    varied request sizes (a fuzzing run: 1 MB strings, 70 MB requests) the query service's RSS grew
+    ~30 MB per 1,000 requests without any Python object leaking, 2/3 of it given back by
+    `malloc_trim`. With 2 arenas it levels off (docs/reliability.md). A no-op (False) off glibc."""
+    try:
+        import ctypes
+
+        m_arena_max = -8
+        return bool(ctypes.CDLL("libc.so.6").mallopt(m_arena_max, int(n)))
+    except (OSError, AttributeError):
+        return False
+
+
 def make_server(max_workers: int = 16, initializer: Callable[[], Any] | None = None,
                 token: str | None = None, service: str = "this service") -> grpc.Server:
     """A sync server; `initializer` runs once in every worker thread (e.g. per-thread torch settings).

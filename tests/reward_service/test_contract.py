@@ -242,6 +242,23 @@ def test_checkpoint_then_load_gives_identical_scores(backend, tmp_path):
     np.testing.assert_array_equal(RewardModel.load(other).score(obs, act)[0], want)
 
 
+def test_a_snapshot_scores_like_the_service_and_is_sent_only_when_new(backend):
+    labelled(backend)
+    backend.model.train(10)
+    version, data = backend.api.snapshot()
+    assert version == backend.model.version == 1 and data
+    copy = RewardModel.from_snapshot(data)
+    obs, act = transitions(64, seed=3)
+    got, got_version = copy.score(obs, act)
+    want, want_version = backend.model.score(obs, act)
+    assert got_version == want_version == version
+    np.testing.assert_array_equal(got, want)
+    assert backend.api.snapshot(have_version=version) == (version, None)  # nothing new: no bytes
+    assert copy.stats().comparisons == 0  # the weights only, not the labels
+    with pytest.raises(wire.FailedPrecondition, match="not a reward model snapshot"):
+        RewardModel.from_snapshot(data[: len(data) // 2])
+
+
 def test_checkpoint_without_directory_fails_precondition(backend):
     backend.model.checkpoint_dir = None
     with pytest.raises(wire.FailedPrecondition, match="no checkpoint"):

@@ -64,6 +64,11 @@ class RewardServiceStub:
                 request_serializer=rlhp_dot_v1_dot_reward__pb2.CheckpointRequest.SerializeToString,
                 response_deserializer=rlhp_dot_v1_dot_reward__pb2.CheckpointResponse.FromString,
                 _registered_method=True)
+        self.Snapshot = channel.unary_unary(
+                '/rlhp.v1.RewardService/Snapshot',
+                request_serializer=rlhp_dot_v1_dot_reward__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=rlhp_dot_v1_dot_reward__pb2.SnapshotResponse.FromString,
+                _registered_method=True)
 
 
 class RewardServiceServicer:
@@ -110,6 +115,14 @@ class RewardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Snapshot(self, request, context):
+        """The published model (members, normalisation, version) for scoring elsewhere: a learner keeps a
+        copy and scores with it while the service is unreachable.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +155,11 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     servicer.Checkpoint,
                     request_deserializer=rlhp_dot_v1_dot_reward__pb2.CheckpointRequest.FromString,
                     response_serializer=rlhp_dot_v1_dot_reward__pb2.CheckpointResponse.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_unary_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=rlhp_dot_v1_dot_reward__pb2.SnapshotRequest.FromString,
+                    response_serializer=rlhp_dot_v1_dot_reward__pb2.SnapshotResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +324,33 @@ class RewardService:
             '/rlhp.v1.RewardService/Checkpoint',
             rlhp_dot_v1_dot_reward__pb2.CheckpointRequest.SerializeToString,
             rlhp_dot_v1_dot_reward__pb2.CheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlhp.v1.RewardService/Snapshot',
+            rlhp_dot_v1_dot_reward__pb2.SnapshotRequest.SerializeToString,
+            rlhp_dot_v1_dot_reward__pb2.SnapshotResponse.FromString,
             options,
             channel_credentials,
             insecure,
