@@ -15,6 +15,7 @@ COMMANDS = {
     "label": ("query_service.web.app", "label queries in your browser (serves a local page)"),
     "teacher": ("query_service.teacher", "run a synthetic labeler that answers from true rewards"),
     "token": ("query_service.admin", "create, list or revoke labeler tokens; print the labeling URL"),
+    "labelers": ("query_service.quality_cli", "labeler quality (gold, agreement); exclude or include a labeler"),
     "labels": ("query_service.labelsets", "export a run's labels (JSON Lines, with provenance) or import them"),
     "query-service": ("query_service.__main__", "run the query service (segments, queries, labels)"),
     "reward-service": ("reward_service.__main__", "run the reward-model service (ensemble over gRPC)"),

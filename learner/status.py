@@ -51,9 +51,12 @@ def service_table(address: str, token: str, root_cert: bytes | None = None) -> s
         lines.append(f"{e.experiment:<24} {e.env_id:<20} {e.env_steps:>11,} {e.segments:>9} "
                      f"{e.queries_pending:>8} {e.queries_leased:>7} {e.labels:>6}/{e.label_budget:<6}")
     if stats.labelers:
+        from query_service.quality import LabelerQuality
+        from query_service.quality_cli import table
+
         lines.append("")
-        lines.append("labelers: " + ", ".join(f"{l.name} {l.answered} ({l.mean_seconds:.1f} s/answer)"
-                                              for l in stats.labelers))
+        lines.append(table([LabelerQuality(x.name, x.answered, x.median_seconds, x.gold_answered, x.gold_correct,
+                                           x.agreement_checks, x.agreed, x.excluded) for x in stats.labelers]))
     return "\n".join(lines)
 
 

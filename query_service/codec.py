@@ -133,7 +133,10 @@ def stats_to_proto(s: QueryStats) -> query_pb2.QueryStatsResponse:
                           labels_wanted=e.labels_wanted, label_budget=e.label_budget, env_steps=e.env_steps,
                           labels_forwarded=e.labels_forwarded, goal=e.goal)
     for lab in s.labelers:
-        m.labelers.add(name=lab.name, answered=lab.answered, mean_seconds=lab.mean_seconds)
+        m.labelers.add(name=lab.name, answered=lab.answered, mean_seconds=lab.mean_seconds,
+                       median_seconds=lab.median_seconds, gold_answered=lab.gold_answered,
+                       gold_correct=lab.gold_correct, agreement_checks=lab.agreement_checks, agreed=lab.agreed,
+                       excluded=lab.excluded)
     return m
 
 
@@ -142,4 +145,6 @@ def stats_from_proto(r: query_pb2.QueryStatsResponse) -> QueryStats:
         tuple(ExperimentStats(e.experiment, e.env_id, e.segments, e.queries_pending, e.queries_leased, e.labels,
                               e.labels_wanted, e.label_budget, e.env_steps, e.labels_forwarded, e.goal)
               for e in r.experiments),
-        tuple(LabelerStats(x.name, x.answered, float(np.float32(x.mean_seconds))) for x in r.labelers))
+        tuple(LabelerStats(x.name, x.answered, float(np.float32(x.mean_seconds)), float(np.float32(x.median_seconds)),
+                           x.gold_answered, x.gold_correct, x.agreement_checks, x.agreed, x.excluded)
+              for x in r.labelers))

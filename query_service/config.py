@@ -91,6 +91,22 @@ class QueryConfig:
     max_segment_steps: int = 10_000
     """Longest segment accepted (steps)."""
 
+    gold_rate: float = 0.0
+    """Share of a human labeler's leases that are gold queries: a pair with a known answer (a teacher
+    token's label, or one two labelers agreed on), shown like any query, scored, never learned from
+    (`quality.py`). 0: none."""
+
+    agreement_rate: float = 0.0
+    """Share of a human's labels whose pair is queued again for another human (agreement). 0: none."""
+
+    min_gold_accuracy: float = 0.0
+    """Exclude a labeler automatically when their gold accuracy is below this after
+    `min_gold_answers` gold answers (their labels stay stored, are not forwarded, and are withdrawn
+    from the reward model; `rlhp labelers include NAME` undoes it). 0: never."""
+
+    min_gold_answers: int = 10
+    """Gold answers a labeler gives before `min_gold_accuracy` can exclude them."""
+
     def __post_init__(self) -> None:
         if self.selection not in ("disagreement", "random"):
             raise ValueError(f"selection must be 'disagreement' or 'random', not {self.selection!r}")
@@ -108,6 +124,10 @@ class QueryConfig:
             raise ValueError("min_policy_segments must be ≥ 2 (a query needs two segments)")
         if self.queue_target < 1 or self.forward_batch < 1:
             raise ValueError("queue_target and forward_batch must be ≥ 1")
+        if not (0 <= self.gold_rate <= 1 and 0 <= self.agreement_rate <= 1 and 0 <= self.min_gold_accuracy <= 1):
+            raise ValueError("gold_rate, agreement_rate and min_gold_accuracy must lie in [0, 1]")
+        if self.min_gold_answers < 1:
+            raise ValueError("min_gold_answers must be ≥ 1")
 
     # -- presets -------------------------------------------------------------------------------
     @classmethod

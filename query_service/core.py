@@ -43,6 +43,7 @@ from .auth import LABELING_ROLES, PRODUCER_ROLES, Auth, Caller
 from .config import QueryConfig
 from .forwarding import Forwarder
 from .leases import Leases
+from .quality import Quality
 from .routing import RewardFactory, Routes
 from .schedule import Schedule
 from .selection import Selector
@@ -74,7 +75,8 @@ class QueryService:
         self._auth = Auth(self.store, self.clock)
         self._schedule = Schedule(self.config)
         self._selector = Selector(self.store, self.config, self._schedule, self._routes, self.clock, seed)
-        self._leases = Leases(self.store, self.config, self._schedule, self.clock)
+        self._quality = Quality(self.config, seed)
+        self._leases = Leases(self.store, self.config, self._schedule, self.clock, self._quality)
         self._forwarder = Forwarder(self.store, self.config, self._routes)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -89,7 +91,7 @@ class QueryService:
     @config.setter
     def config(self, config: QueryConfig) -> None:
         self._config = self._schedule.config = self._selector.config = config
-        self._leases.config = self._forwarder.config = config
+        self._leases.config = self._forwarder.config = self._quality.config = config
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -366,10 +368,27 @@ class QueryService:
                     queries_pending=s["queued"] + s["leased"] - live, queries_leased=live, labels=s["labels"],
                     labels_wanted=s["wanted"], label_budget=s["budget"], env_steps=s["env_steps"],
                     labels_forwarded=Store.count_forwarded(c, e), goal=s["goal"]))
-            labelers = tuple(LabelerStats(name, int(n), float(secs or 0.0))
-                             for name, n, secs in Store.labeler_stats(c)
-                             if caller is None or caller.role in PRODUCER_ROLES or name == caller.name)
+            mean = {name: float(secs or 0.0) for name, _, secs in Store.labeler_stats(c)}
+            labelers = tuple(LabelerStats(q.name, q.labels, mean.get(q.name, 0.0), q.median_seconds, q.gold_answered,
+                                          q.gold_correct, q.agreement_checks, q.agreed, q.excluded)
+                             for q in Quality.labelers(c)
+                             if caller is None or caller.role in PRODUCER_ROLES or q.name == caller.name)
         return QueryStats(tuple(exps), labelers)
+
+    # ------------------------------------------------------------------------------ quality
+    def exclude_labeler(self, name: str) -> int:
+        """Withhold `name`'s labels from the reward models (withdrawing those they have); returns how
+        many labels that concerns. `include_labeler` undoes it. In-process (and `rlhp labelers`)."""
+        with self.store.write() as c:
+            n = Quality.exclude(c, name)
+        self._forwarder.wake()
+        return n
+
+    def include_labeler(self, name: str) -> int:
+        with self.store.write() as c:
+            n = Quality.include(c, name)
+        self._forwarder.wake()
+        return n
 
     # ------------------------------------------------------------------------------ forwarding
     def forward_once(self) -> int:

@@ -93,6 +93,21 @@ CREATE TABLE IF NOT EXISTS labelers (
     revoked INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS checks (
+    query_id TEXT PRIMARY KEY,     -- the check query a labeler is shown (a `queries` row whose check_of is set)
+    of_query TEXT NOT NULL,        -- the query whose answer it checks
+    kind TEXT NOT NULL CHECK (kind IN ('gold', 'repeat')),
+    expected INTEGER NOT NULL,     -- gold: the known answer; repeat: the first labeler's (both as shown)
+    expected_by TEXT NOT NULL,     -- who gave the expected answer
+    for_labeler TEXT NOT NULL DEFAULT '',  -- gold: the labeler it was made for
+    labeler TEXT NOT NULL DEFAULT '',      -- who answered it ('' until answered)
+    answer INTEGER,
+    seconds REAL,
+    created REAL NOT NULL,
+    answered REAL
+);
+CREATE INDEX IF NOT EXISTS checks_labeler ON checks (labeler);
+CREATE INDEX IF NOT EXISTS checks_of ON checks (of_query);
 CREATE TABLE IF NOT EXISTS progress (
     experiment TEXT PRIMARY KEY,
     env_id TEXT NOT NULL DEFAULT '',
@@ -110,6 +125,8 @@ CREATE TABLE IF NOT EXISTS progress (
 _ADDED_COLUMNS = (
     ("progress", "goal", "TEXT NOT NULL DEFAULT ''"),
     ("labels", "goal", "TEXT NOT NULL DEFAULT ''"),
+    ("queries", "check_of", "TEXT NOT NULL DEFAULT ''"),  # set: a quality check (`quality.py`), not a query to learn from
+    ("labelers", "excluded", "INTEGER NOT NULL DEFAULT 0"),  # 1: their labels are not forwarded
 )
 
 

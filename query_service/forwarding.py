@@ -20,6 +20,7 @@ from rlhp.types import Preference
 from reward_service.types import ComparisonData, SegmentData
 
 from .config import QueryConfig
+from .quality import Quality
 from .routing import Routes
 from .store import Store
 
@@ -84,9 +85,10 @@ class Forwarder:
             return sent, failed
 
     def _forward_experiment(self, exp: str, backend: Any, address: str = "") -> int:
+        withdrawn = self._withdraw(exp, backend)
         group = self.store.unforwarded_labels(exp, self.config.forward_batch)
         if not group:
-            return 0
+            return withdrawn
         records = self.store.load_segments(exp, [i for r in group for i in (r["left_id"], r["right_id"])])
         ok = [r for r in group if r["left_id"] in records and r["right_id"] in records]
         ok_ids = {r["query_id"] for r in ok}
@@ -105,7 +107,20 @@ class Forwarder:
             Store.set_forwarded(c, lost, LOST)  # segments gone (cannot happen in normal operation): never retried
         if lost:
             log.error("%d label(s) of %s reference missing segments and cannot be forwarded", len(lost), exp)
-        return len(ok)
+        return withdrawn + len(ok)
+
+    def _withdraw(self, exp: str, backend: Any) -> int:
+        """Take the labels of excluded labelers back from `exp`'s reward model (`quality.py`)."""
+        with self.store.read() as c:
+            ids = Quality.to_withdraw(c, exp, 1000)
+        if not ids:
+            return 0
+        removed = backend.remove_comparisons(ids)
+        with self.store.write() as c:
+            Quality.withdrawn(c, ids)
+        log.info("%s: withdrew %d label(s) of excluded labelers from its reward model (%d were there)",
+                 exp, len(ids), removed)
+        return len(ids)
 
     def reforward(self, experiment: str | None = None) -> int:
         """Mark labels unforwarded so they are sent again (e.g. a reward service restarted without its

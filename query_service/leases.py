@@ -16,6 +16,7 @@ from rlhp.types import FailedPrecondition, NotFound, Preference
 from . import intake
 from .auth import Auth, Caller
 from .config import QueryConfig
+from .quality import WITHHELD, Quality
 from .schedule import Schedule
 from .store import Store
 from .types import Lease, QueryData, SubmitResult
@@ -24,11 +25,18 @@ from .types import Lease, QueryData, SubmitResult
 class Leases:
     """The labelers' side of one store. Callers are authenticated already (`auth.Auth`)."""
 
-    def __init__(self, store: Store, config: QueryConfig, schedule: Schedule, clock: Callable[[], float]) -> None:
+    def __init__(self, store: Store, config: QueryConfig, schedule: Schedule, clock: Callable[[], float],
+                 quality: Quality | None = None) -> None:
         self.store = store
         self.config = config
         self.schedule = schedule
         self.clock = clock
+        self.quality = quality or Quality(config)
+
+    @staticmethod
+    def answered(c: sqlite3.Connection, labeler: str) -> int:
+        """Everything `labeler` answered, quality checks included (they must look like any query)."""
+        return Store.count_answered(c, labeler) + Quality.count_answered(c, labeler)
 
     @staticmethod
     def query(c: sqlite3.Connection, caller: Caller, query_id: Any) -> sqlite3.Row:
@@ -46,13 +54,16 @@ class Leases:
         now = self.clock()
         with self.store.write() as c:
             Store.expire_leases(c, now)
-            row = Store.next_queued(c, scope, caller.name)
+            human = caller.role == "labeler"
+            row = self.quality.gold_for(c, caller.name, scope, now) if human else None
+            if row is None:
+                row = Store.next_queued(c, scope, caller.name, checks=human)
             if row is not None:
                 expires = now + seconds
                 Store.grant_lease(c, row["id"], caller.name, now, expires)
         with self.store.read() as c:
             pending = Store.count_queued(c, scope)
-            answered = Store.count_answered(c, caller.name)
+            answered = self.answered(c, caller.name)
             if row is None:
                 return Lease(False, None, self.schedule.why_waiting(c, scope), pending, answered)
             exp, ids = row["experiment"], (row["left_id"], row["right_id"])
@@ -77,9 +88,10 @@ class Leases:
         now = self.clock()
         with self.store.write() as c:
             q = self.query(c, caller, query_id)
-            label = Store.label(c, q["id"])
+            check = bool(q["check_of"])
+            label = Quality.answer_of(c, q["id"]) if check else Store.label(c, q["id"])
             if label is not None:
-                answered = Store.count_answered(c, caller.name)
+                answered = self.answered(c, caller.name)
                 if label["labeler"] == caller.name and label["answer"] == int(pref):
                     return SubmitResult("DUPLICATE", "you already gave this answer; nothing new stored", answered)
                 if label["labeler"] == caller.name:
@@ -89,9 +101,14 @@ class Leases:
                                     "nothing new stored", answered)
             if not Store.ever_leased(c, q["id"], caller.name):
                 raise FailedPrecondition(f"query {q['id']} was not leased to {caller.name!r}; lease it first")
-            Store.insert_label(c, q, int(pref), caller.name, min(secs, 1e7), now)
+            if check:  # a gold query or a repeat: scored, never learned from
+                self.quality.record(c, q, caller.name, int(pref), min(secs, 1e7), now)
+            else:
+                Store.insert_label(c, q, int(pref), caller.name, min(secs, 1e7), now,
+                                   forwarded=WITHHELD if Quality.is_excluded(c, caller.name) else 0)
+                self.quality.after_label(c, q, caller.name, caller.role, int(pref), now)
             late = q["state"] != "leased" or q["lease_owner"] != caller.name
-            answered = Store.count_answered(c, caller.name)
+            answered = self.answered(c, caller.name)
         msg = "stored" + (" (after your lease had expired; nobody else had answered)" if late else "")
         return SubmitResult("ACCEPTED", msg, answered)
 

@@ -216,7 +216,7 @@ class Store(Database):
                          (experiment,)).fetchone()
         labels = c.execute("SELECT COUNT(*) FROM labels WHERE experiment=?", (experiment,)).fetchone()[0]
         counts = dict(c.execute("SELECT state, COUNT(*) FROM queries WHERE experiment=? AND state!='answered' "
-                                "GROUP BY state", (experiment,)).fetchall())
+                                "AND check_of='' GROUP BY state", (experiment,)).fetchall())
         segments = c.execute("SELECT COUNT(*) FROM segments WHERE experiment=?", (experiment,)).fetchone()[0]
         return dict(env_steps=int(prog["env_steps"]) if prog else 0,
                     label_budget=int(prog["label_budget"]) if prog else None,
@@ -305,12 +305,20 @@ class Store(Database):
         return f" AND q.experiment IN ({','.join('?' * len(experiments))})", list(experiments)
 
     @classmethod
-    def next_queued(cls, c: sqlite3.Connection, experiments: list[str] | None, labeler: str) -> sqlite3.Row | None:
+    def next_queued(cls, c: sqlite3.Connection, experiments: list[str] | None, labeler: str,
+                    checks: bool = False) -> sqlite3.Row | None:
         """The queued query (of `experiments`; None: any) to lease next: by queue order (`order_key`,
         then higher disagreement first), those `labeler` skipped (released) last. Two probes along
         the `queries_queued` / `queries_state` indexes instead of ranking every queued query by a
-        subquery."""
+        subquery. Quality checks (`quality.py`) only with `checks`, and never one of `labeler`'s own
+        answers or a gold query made for someone else."""
         where, args = cls._scope_sql(experiments)
+        if checks:
+            where += (" AND (q.check_of='' OR NOT EXISTS (SELECT 1 FROM checks k WHERE k.query_id=q.id AND "
+                      "(k.expected_by=? OR (k.kind='gold' AND k.for_labeler!=?))))")
+            args = [*args, labeler, labeler]
+        else:
+            where += " AND q.check_of=''"
         base = "SELECT q.* FROM queries q WHERE q.state='queued'" + where
         order = " ORDER BY q.order_key, q.disagreement DESC LIMIT 1"
         row = c.execute(base + " AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.query_id=q.id AND "
@@ -322,7 +330,8 @@ class Store(Database):
     @classmethod
     def count_queued(cls, c: sqlite3.Connection, experiments: list[str] | None) -> int:
         where, args = cls._scope_sql(experiments)
-        return c.execute("SELECT COUNT(*) FROM queries q WHERE q.state='queued'" + where, args).fetchone()[0]
+        return c.execute("SELECT COUNT(*) FROM queries q WHERE q.state='queued' AND q.check_of=''" + where,
+                         args).fetchone()[0]
 
     @staticmethod
     def count_live_leases(c: sqlite3.Connection, experiment: str, now: float) -> int:
@@ -360,14 +369,14 @@ class Store(Database):
 
     @staticmethod
     def insert_label(c: sqlite3.Connection, query: sqlite3.Row, answer: int, labeler: str, seconds: float,
-                     now: float) -> None:
+                     now: float, forwarded: int = 0) -> None:
         """Store the label of `query` (a `queries` row) with the goal its labeler was shown, and mark
-        the query answered."""
+        the query answered. `forwarded`: its forwarding state (an excluded labeler's: withheld)."""
         c.execute("INSERT INTO labels (query_id, experiment, left_id, right_id, answer, labeler, seconds, "
-                  "created, model_version, goal) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                  "COALESCE((SELECT goal FROM progress WHERE experiment=?), ''))",
+                  "created, model_version, goal, forwarded) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                  "COALESCE((SELECT goal FROM progress WHERE experiment=?), ''), ?)",
                   (query["id"], query["experiment"], query["left_id"], query["right_id"], answer, labeler,
-                   seconds, now, query["model_version"], query["experiment"]))
+                   seconds, now, query["model_version"], query["experiment"], forwarded))
         c.execute("UPDATE queries SET state='answered', lease_owner=NULL, lease_expires=NULL WHERE id=?",
                   (query["id"],))
 
@@ -427,7 +436,8 @@ class Store(Database):
                          (experiment, int(Preference.INCOMPARABLE))).fetchone()[0]
 
     def unforwarded_experiments(self) -> list[str]:
-        return [r[0] for r in self.conn().execute("SELECT DISTINCT experiment FROM labels WHERE forwarded=0")]
+        """Experiments with labels to send (0), or to withdraw from their reward model (4, `quality.py`)."""
+        return [r[0] for r in self.conn().execute("SELECT DISTINCT experiment FROM labels WHERE forwarded IN (0, 4)")]
 
     def unforwarded_labels(self, experiment: str, n: int) -> list[sqlite3.Row]:
         """(query_id, experiment, left_id, right_id, answer) of the `n` oldest unforwarded labels."""
@@ -436,7 +446,7 @@ class Store(Database):
             "experiment=? ORDER BY created LIMIT ?", (experiment, n)).fetchall()
 
     def count_unforwarded(self) -> int:
-        return self.conn().execute("SELECT COUNT(*) FROM labels WHERE forwarded=0").fetchone()[0]
+        return self.conn().execute("SELECT COUNT(*) FROM labels WHERE forwarded IN (0, 4)").fetchone()[0]
 
     @staticmethod
     def set_forwarded(c: sqlite3.Connection, query_ids: list[str], state: int) -> None:

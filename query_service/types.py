@@ -101,8 +101,14 @@ class ExperimentStats:
 @dataclass(frozen=True)
 class LabelerStats:
     name: str
-    answered: int
+    answered: int  # labels given (quality checks are not counted)
     mean_seconds: float
+    median_seconds: float = 0.0
+    gold_answered: int = 0  # gold queries answered, of which `gold_correct` right
+    gold_correct: int = 0
+    agreement_checks: int = 0  # repeats of a pair between this labeler and another, `agreed` alike
+    agreed: int = 0
+    excluded: bool = False  # labels withheld from the reward model (`quality.py`)
 
 
 @dataclass(frozen=True)

@@ -157,6 +157,26 @@ class ComparisonBuffer:
             del self.comparisons[:excess]
         self.comparisons_seen += len(prepared.new)
 
+    def remove(self, ids: Sequence[str]) -> int:
+        """Take the comparisons with these ids out (and forget their ids, so they may come back);
+        segments no comparison uses any more go too. Returns how many were removed."""
+        drop = set(ids)
+        keep, removed = [], 0
+        for rec in self.comparisons:
+            if rec.id not in drop:
+                keep.append(rec)
+                continue
+            removed += 1
+            self.n_train -= not rec.val
+            for sid in (rec.left, rec.right):
+                self._refs[sid] -= 1
+                if self._refs[sid] == 0:
+                    del self._refs[sid], self.segments[sid]
+        self.comparisons = keep
+        for cid in drop:
+            self.seen.pop(cid, None)
+        return removed
+
     def _pool_add(self, seg: Segment) -> None:
         self.pool.append(seg)
         self._pool_size += len(seg[0])

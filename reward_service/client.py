@@ -295,6 +295,11 @@ class RewardClient:
     def stats(self) -> RewardStats:
         return stats_from_proto(self._call(self.stub.Stats, reward_pb2.StatsRequest()))
 
+    def remove_comparisons(self, ids: Sequence[str]) -> int:
+        """Take these comparisons out of the service's training set; returns how many it held."""
+        r = self._call(self.stub.RemoveComparisons, reward_pb2.RemoveComparisonsRequest(ids=list(ids)))
+        return int(r.removed)
+
     def snapshot(self, have_version: int = -1) -> tuple[int, bytes | None]:
         """(version, the published model for `RewardModel.from_snapshot`), or (version, None) when
         `have_version` is the current one."""

@@ -211,6 +211,17 @@ class RewardModel:
         return AddResult(added=len(prepared.new), duplicates=prepared.duplicates, ignored=prepared.ignored,
                          total=total)
 
+    def remove_comparisons(self, ids: Sequence[str]) -> int:
+        """Take these comparisons out of the training set (unknown ids are ignored); the members
+        train on what is left from the next round on. Returns how many were removed."""
+        ids = [i for i in ids if isinstance(i, str)]
+        with self._add_lock, self._lock:
+            removed = self._buffer.remove(ids)
+            if removed:
+                self._rounds_since_new = 0
+                self._wake.set()
+        return removed
+
     # ---- training -----------------------------------------------------------------------------
 
     def train(self, steps: int | None = None) -> dict[str, Any]:

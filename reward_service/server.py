@@ -112,6 +112,14 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
 
 
     @rpc.handle_errors
+    def RemoveComparisons(self, request, context):
+        ids = list(request.ids)
+        if any(len(i) > 1000 for i in ids):
+            raise wire.InvalidRequest("RemoveComparisons: an id is longer than 1,000 characters")
+        removed = self.model.remove_comparisons(ids)
+        return reward_pb2.RemoveComparisonsResponse(removed=int(removed), total=int(self.model.stats().comparisons))
+
+    @rpc.handle_errors
     def Snapshot(self, request, context):
         version, data = self.model.snapshot(int(request.have_version))
         return reward_pb2.SnapshotResponse(model_version=int(version), data=data or b"")

@@ -87,5 +87,8 @@ class RewardBackend(Protocol):
     def checkpoint(self, path: str | None = None) -> tuple[str, int]:
         """Atomically write everything; returns (path, model version)."""
 
+    def remove_comparisons(self, ids: Sequence[str]) -> int:
+        """Take comparisons out of the training set (a labeler was excluded); returns how many."""
+
     def snapshot(self, have_version: int = -1) -> tuple[int, bytes | None]:
         """(version, the published model as bytes), or (version, None) if `have_version` is current."""

@@ -168,6 +168,8 @@ class RewardTarget(Target):
             Method(p + "AddComparisons", False, [self._comparisons(2)]),
             Method(p + "Stats", False, [reward_pb2.StatsRequest()]),
             Method(p + "Checkpoint", False, [reward_pb2.CheckpointRequest(), reward_pb2.CheckpointRequest(path="f.pt")]),
+            Method(p + "Snapshot", False, [reward_pb2.SnapshotRequest(), reward_pb2.SnapshotRequest(have_version=1)]),
+            Method(p + "RemoveComparisons", False, [reward_pb2.RemoveComparisonsRequest(ids=["seed-c0", "nope"])]),
         ]
 
     def healthy(self, ch: grpc.Channel) -> bool:

@@ -168,6 +168,14 @@
   function counts(s) {
     if (typeof s.answered === "number") $("answered").textContent = s.answered;
     if (typeof s.pending === "number") $("pending").textContent = s.pending;
+    if (s.me) {
+      const m = s.me;
+      const parts = [`${m.labels} labels`, `median ${m.median_seconds} s`];
+      if (m.gold[1]) parts.push(`gold ${m.gold[0]}/${m.gold[1]} right`);
+      if (m.agreement[1]) parts.push(`agreed ${m.agreement[0]}/${m.agreement[1]}`);
+      $("me").textContent = "You: " + parts.join(" · ")
+        + (m.excluded ? " — your labels are not used for training at the moment" : "");
+    }
   }
 
   function apply(s) {

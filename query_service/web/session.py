@@ -94,6 +94,8 @@ class LabelApp:
         self.answered = 0
         self.waiting_for = ""
         self.last_error = ""
+        self._me: dict | None = None  # `me()`: this labeler's numbers, and when they were read
+        self._me_answered, self._me_at = -1, 0.0
         self._lock = threading.RLock()  # guards the fields above
         self._lease_lock = threading.Lock()  # one lease call at a time (page and prefetcher)
         self._clips: "OrderedDict[tuple[str, str, str], tuple[str, bytes]]" = OrderedDict()
@@ -169,7 +171,31 @@ class LabelApp:
             out["next"] = None
             if cur is not None and up is not None:
                 out["next"] = {**query_json(up.query), "clips": self._clip_urls(up.query.id)}
-            return out
+        out["me"] = self.me()
+        return out
+
+    def me(self) -> dict | None:
+        """This labeler's own numbers (labels, median seconds, gold, agreement, excluded), from the
+        service's stats (a labeler's token sees only its own); refreshed after an answer, else every
+        15 s. None until the service knows any."""
+        with self._lock:
+            fresh = self._me_answered == self.answered and self.clock() - self._me_at < 15.0
+            if fresh:
+                return self._me
+            self._me_answered, self._me_at = self.answered, self.clock()
+        try:
+            labelers = self.client.stats().labelers
+        except Exception as exc:  # noqa: BLE001 — the numbers are a courtesy: keep the last ones
+            log.debug("stats for the labeler's own numbers failed: %s", exc)
+            return self._me
+        if len(labelers) == 1:
+            x = labelers[0]
+            me = {"labels": x.answered, "median_seconds": round(x.median_seconds, 1),
+                  "gold": [x.gold_correct, x.gold_answered], "agreement": [x.agreed, x.agreement_checks],
+                  "excluded": bool(x.excluded)}
+            with self._lock:
+                self._me = me
+        return self._me
 
     def _clip_urls(self, query_id: str) -> dict:
         return {side: f"/api/clip/{query_id}/{side}?fmt={self.fmt}" for side in SIDES}

@@ -163,6 +163,9 @@ def test_label_with_arrow_key_and_next_pair_shows(stack, browser):
     page.keyboard.press("ArrowRight")
     assert wait_label(core.run_dir / "labels.sqlite", nxt) == (int(Preference.RIGHT), "alice")
     page.wait_for_function(ACTIVE_READY, timeout=10_000)
+    # the labeler's own numbers, from the service (a labeler's token sees only its own)
+    page.wait_for_function("() => document.getElementById('me').textContent.startsWith('You: 2 labels')",
+                           timeout=10_000)
     assert not [m for m in console if m.startswith("error")], console
     page.close()
 

@@ -259,6 +259,18 @@ def test_a_snapshot_scores_like_the_service_and_is_sent_only_when_new(backend):
         RewardModel.from_snapshot(data[: len(data) // 2])
 
 
+def test_removed_comparisons_leave_the_training_set_and_may_come_back(backend):
+    segs = labelled(backend)  # six comparisons c0, c2, ..., c10
+    assert backend.api.stats().comparisons == 6
+    assert backend.api.remove_comparisons(["c0", "c2", "nope"]) == 2
+    assert backend.api.stats().comparisons == 4
+    assert backend.api.remove_comparisons(["c0"]) == 0  # gone already
+    backend.model.train(5)  # trains on what is left
+    again = [ComparisonData(f"c{i}", segs[i].id, segs[i + 1].id, Preference.LEFT) for i in range(0, 12, 2)]
+    r = backend.api.add_comparisons(segs, again)  # the removed two are new again, the rest duplicates
+    assert (r.added, r.duplicates) == (2, 4) and backend.api.stats().comparisons == 6
+
+
 def test_checkpoint_without_directory_fails_precondition(backend):
     backend.model.checkpoint_dir = None
     with pytest.raises(wire.FailedPrecondition, match="no checkpoint"):

@@ -590,19 +590,42 @@ class LabelerStats(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ANSWERED_FIELD_NUMBER: _builtins.int
     MEAN_SECONDS_FIELD_NUMBER: _builtins.int
+    MEDIAN_SECONDS_FIELD_NUMBER: _builtins.int
+    GOLD_ANSWERED_FIELD_NUMBER: _builtins.int
+    GOLD_CORRECT_FIELD_NUMBER: _builtins.int
+    AGREEMENT_CHECKS_FIELD_NUMBER: _builtins.int
+    AGREED_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     answered: _builtins.int
+    """labels given (quality checks not counted)"""
     mean_seconds: _builtins.float
+    median_seconds: _builtins.float
+    """per label"""
+    gold_answered: _builtins.int
+    """gold queries answered (pairs with a known answer)"""
+    gold_correct: _builtins.int
+    agreement_checks: _builtins.int
+    """repeats of a pair between this labeler and another"""
+    agreed: _builtins.int
+    excluded: _builtins.bool
+    """labels withheld from the reward model"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         answered: _builtins.int = ...,
         mean_seconds: _builtins.float = ...,
+        median_seconds: _builtins.float = ...,
+        gold_answered: _builtins.int = ...,
+        gold_correct: _builtins.int = ...,
+        agreement_checks: _builtins.int = ...,
+        agreed: _builtins.int = ...,
+        excluded: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "mean_seconds", b"mean_seconds", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreed", b"agreed", "agreement_checks", b"agreement_checks", "answered", b"answered", "excluded", b"excluded", "gold_answered", b"gold_answered", "gold_correct", b"gold_correct", "mean_seconds", b"mean_seconds", "median_seconds", b"median_seconds", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

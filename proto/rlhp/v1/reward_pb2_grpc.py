@@ -69,6 +69,11 @@ class RewardServiceStub:
                 request_serializer=rlhp_dot_v1_dot_reward__pb2.SnapshotRequest.SerializeToString,
                 response_deserializer=rlhp_dot_v1_dot_reward__pb2.SnapshotResponse.FromString,
                 _registered_method=True)
+        self.RemoveComparisons = channel.unary_unary(
+                '/rlhp.v1.RewardService/RemoveComparisons',
+                request_serializer=rlhp_dot_v1_dot_reward__pb2.RemoveComparisonsRequest.SerializeToString,
+                response_deserializer=rlhp_dot_v1_dot_reward__pb2.RemoveComparisonsResponse.FromString,
+                _registered_method=True)
 
 
 class RewardServiceServicer:
@@ -123,6 +128,13 @@ class RewardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RemoveComparisons(self, request, context):
+        """Take comparisons out of the training set (a labeler was excluded); unknown ids are ignored.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RewardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +172,11 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     servicer.Snapshot,
                     request_deserializer=rlhp_dot_v1_dot_reward__pb2.SnapshotRequest.FromString,
                     response_serializer=rlhp_dot_v1_dot_reward__pb2.SnapshotResponse.SerializeToString,
+            ),
+            'RemoveComparisons': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveComparisons,
+                    request_deserializer=rlhp_dot_v1_dot_reward__pb2.RemoveComparisonsRequest.FromString,
+                    response_serializer=rlhp_dot_v1_dot_reward__pb2.RemoveComparisonsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +368,33 @@ class RewardService:
             '/rlhp.v1.RewardService/Snapshot',
             rlhp_dot_v1_dot_reward__pb2.SnapshotRequest.SerializeToString,
             rlhp_dot_v1_dot_reward__pb2.SnapshotResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveComparisons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/rlhp.v1.RewardService/RemoveComparisons',
+            rlhp_dot_v1_dot_reward__pb2.RemoveComparisonsRequest.SerializeToString,
+            rlhp_dot_v1_dot_reward__pb2.RemoveComparisonsResponse.FromString,
             options,
             channel_credentials,
             insecure,
