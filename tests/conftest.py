@@ -45,3 +45,13 @@ def tls_files(tmp_path_factory) -> dict:
     (d / "cert.pem").write_bytes(cert_pem)
     (d / "key.pem").write_bytes(key_pem)
     return {"cert": str(d / "cert.pem"), "key": str(d / "key.pem"), "cert_pem": cert_pem, "key_pem": key_pem}
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a service restarted on the same port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

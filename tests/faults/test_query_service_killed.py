@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -27,24 +26,18 @@ ROOT = Path(__file__).resolve().parents[2]
 LABELERS = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(run_dir: Path, port: int) -> subprocess.Popen:
     (run_dir / "query_service.address").unlink(missing_ok=True)
+    log = run_dir.parent / "query_service.log"  # a file, not a pipe nobody reads while it runs
     proc = subprocess.Popen(
         [sys.executable, "-m", "query_service", "--run-dir", str(run_dir), "--port", str(port), "--preset", "smoke",
          "--selection", "random", "--label-budget", "1000", "--initial-labels", "1000", "--log-level", "WARNING"],
-        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=open(log, "a"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while not (run_dir / "query_service.address").exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"the query service did not start:\n{proc.communicate()[0]}")
+            pytest.fail(f"the query service did not start:\n{log.read_text()}")
         time.sleep(0.05)
     return proc
 
@@ -82,12 +75,12 @@ class Labeler(threading.Thread):
                 self.acked.append((qid, int(answer)))
 
 
-def test_sigkill_while_8_labelers_answer_loses_and_duplicates_nothing(tmp_path):
+def test_sigkill_while_8_labelers_answer_loses_and_duplicates_nothing(tmp_path, free_port):
     run_dir = tmp_path / "run"
     with QueryService(run_dir) as core:
         producer = core.create_token("actors", "producer")
         tokens = {f"lab{i}": core.create_token(f"lab{i}", "labeler") for i in range(LABELERS)}
-    port = _free_port()
+    port = free_port
     address = f"127.0.0.1:{port}"
     proc = _start(run_dir, port)
     stop = threading.Event()

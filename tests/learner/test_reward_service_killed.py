@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,25 +25,21 @@ ROOT = Path(__file__).resolve().parents[2]
 ENV = "rlhp/FixedCartPole-v0"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _start(ckpt: Path, port: int, *extra: str) -> subprocess.Popen:
     port_file = ckpt.parent / "port"
     port_file.unlink(missing_ok=True)
+    log = ckpt.parent / "reward_service.log"  # a file, not a pipe nobody reads while it runs
     proc = subprocess.Popen(
         [sys.executable, "-m", "reward_service", "--port", str(port), "--port-file", str(port_file), "--smoke",
          "--threads", "1", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "0", *extra],
-        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+        cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1"), stdout=open(log, "a"),
+        stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not port_file.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"reward service did not start:\n{proc.communicate()[0]}")
+            pytest.fail(f"reward service did not start:\n{log.read_text()}")
         time.sleep(0.1)
     return proc
 
@@ -55,8 +50,8 @@ def _trainable_labels(run_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_reward_service_killed_during_training(tmp_path, ray_local):
-    port = _free_port()
+def test_reward_service_killed_during_training(tmp_path, ray_local, free_port):
+    port = free_port
     address = f"127.0.0.1:{port}"
     ckpt = tmp_path / "reward"
     proc = _start(ckpt, port, "--obs-space", "4/discrete:2")
