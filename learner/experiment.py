@@ -102,7 +102,11 @@ class RunConfig:
     (a labeler never blocks training); `rlhp train` says so and runs that way when lockstep cannot
     apply (human labelers, a query or reward service elsewhere)."""
     host: str = "127.0.0.1"
-    """Where the embedded services bind (loopback by default; 0.0.0.0 exposes them)."""
+    """Where the embedded services bind (loopback by default). They have no TLS: another address
+    needs `insecure` (or tunnel to loopback, deploy/README.md)."""
+    insecure: bool = False
+    """Allow a non-loopback `host` for the embedded services, whose traffic (tokens, segments,
+    labels) then crosses the network in clear text: only on a network you trust."""
     reward_port: int = 0
     """Embedded reward service port (0: a free one)."""
     query_port: int = 0

@@ -147,7 +147,8 @@ def _trial(config: dict, shared: dict) -> None:
     if shared.get("node_host"):  # a multi-node cluster: the query service must reach this node
         import ray.util
 
-        cfg = replace(cfg, run=replace(cfg.run, host=ray.util.get_node_ip_address()))
+        # the cluster's private network: the per-game services must be reachable from the other nodes
+        cfg = replace(cfg, run=replace(cfg.run, host=ray.util.get_node_ip_address(), insecure=True))
     resume = (run_dir / "state.json").exists()
     logf = open(run_dir / "train.log", "a", buffering=1)
 
@@ -254,6 +255,10 @@ class MultiRunner:
     # -- services and labelers ----------------------------------------------------------------
     def _host(self) -> str:
         host = self.first.run.host
+        if host not in LOOPBACK and not self.first.run.insecure:
+            raise TrainError(f"run.host={host} is reachable from other machines and the embedded query service "
+                             "has no TLS: keep 127.0.0.1 and tunnel to it (deploy/README.md), or add --set "
+                             "run.insecure=true on a network you trust")
         if self.ray_address and self.ray_address != "local" and host in LOOPBACK:
             import ray.util
 

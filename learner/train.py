@@ -107,6 +107,12 @@ class Trainer:
         from reward_service.server import serve as serve_reward
 
         host, run = self.cfg.run.host, self.cfg.run
+        from rlhp.rpc import is_loopback
+
+        if not is_loopback(host) and not run.insecure:
+            raise TrainError(f"run.host={host} is reachable from other machines and the embedded services have "
+                             "no TLS: keep 127.0.0.1 and tunnel to it (deploy/README.md), or add --set "
+                             "run.insecure=true on a network you trust")
         reward_backend: Any
         if self.reward_address is None:
             ckpt = self.run_dir / "reward" / "reward_model.pt"

@@ -96,6 +96,10 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert train_main(["--resume", str(tmp_path / "missing")]) == 2
     assert "not a run directory" in capsys.readouterr().err
     assert train_main([]) == 2
+    # the embedded services have no TLS: another address than loopback must be asked for
+    assert train_main(["--env", ENV, "--preset", "smoke", "--runs-dir", str(tmp_path), "--name", "open",
+                       "--set", "run.host=0.0.0.0"]) == 1
+    assert "run.insecure=true" in capsys.readouterr().err
 
 
 def _cartpole_cfg(tmp_path: Path, name: str):
