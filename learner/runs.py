@@ -126,6 +126,8 @@ def scrub_secrets(checkpoint: Path, secrets: tuple[str, ...]) -> None:
     alone). Raises RuntimeError if a secret is still in any file afterwards."""
     import pickle
 
+    from ray import cloudpickle
+
     from actors.callbacks import ENV_CONFIG_KEY
 
     secrets = tuple(s for s in secrets if s)
@@ -148,7 +150,7 @@ def scrub_secrets(checkpoint: Path, secrets: tuple[str, ...]) -> None:
             continue
         data = pickle.loads(raw)
         blank(data)
-        f.write_bytes(pickle.dumps(data))
+        f.write_bytes(cloudpickle.dumps(data))  # as RLlib wrote it: configs may hold lambdas
     left = [f for f in Path(checkpoint).rglob("*") if f.is_file()
             and any(s.encode() in f.read_bytes() for s in secrets)]
     if left:

@@ -254,42 +254,23 @@ class Trainer:
         self.say(f"initial labels: {need} in {time.time() - t0:.1f} s")
 
     def sync_labels(self) -> int:
-        """Lockstep (`RunConfig.lockstep`): select the queries the label schedule wants at the
-        reported env steps, wait until the synthetic teacher has answered every one, and forward
-        the labels to the reward model. Returns the number of new labels."""
+        """Lockstep: the labels the schedule wants at the reported env steps (`learner.lockstep`)."""
+        from learner import lockstep
         from query_service.local import LocalClient
 
         assert self.qcore is not None
-        before = self.report_progress(LocalClient(self.qcore, self.producer_token)).labels
-        while True:
-            self.qcore.select_once()
-            p = self.qcore.progress(self.experiment)
-            if p.queries_pending == 0:
-                break  # the schedule is met, or no candidate pair is left
-            while p.queries_pending > 0:
-                if not any(t.is_alive() for t in self._teachers):
-                    raise TrainError("the synthetic teacher stopped (see logs/driver.log); "
-                                     f"{p.queries_pending} queries are unanswered")
-                time.sleep(0.005)
-                p = self.qcore.progress(self.experiment)
-        self.forward_all()
-        return p.labels - before
-
-    def forward_all(self, timeout: float = 60.0) -> None:
-        """Forward every stored label to the embedded reward model now (forwarding is otherwise
-        asynchronous)."""
-        deadline = time.time() + timeout
-        while self.qcore is not None and self.qcore.unforwarded() > 0 and time.time() < deadline:
-            if self.qcore.forward_once() == 0 and self.lockstep:
-                raise TrainError(f"{self.qcore.unforwarded()} labels could not be forwarded to the "
-                                 "reward model")
+        self.report_progress(LocalClient(self.qcore, self.producer_token))
+        return lockstep.sync_labels(self.qcore, self.experiment, self._teachers)
 
     def pretrain(self) -> None:
         if self.model is None:
             return
         # Forwarding is asynchronous: make sure the initial labels reached the reward model.
         deadline = time.time() + 60
-        self.forward_all()
+        if self.qcore is not None:
+            from learner.lockstep import forward_all
+
+            forward_all(self.qcore, strict=self.lockstep)
         while (self.qcore is None and self.model.stats().comparisons_seen < self.cfg.query.initial
                and time.time() < deadline):  # a shared query service forwards on its own
             time.sleep(0.1)

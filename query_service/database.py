@@ -249,8 +249,12 @@ class Database:
                 c.execute("COMMIT")
             except BaseException as e:
                 if c.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
+                    try:
                         c.execute("ROLLBACK")
+                    except sqlite3.Error:  # the connection is unusable now: this thread opens a new one
+                        with contextlib.suppress(sqlite3.Error):
+                            c.close()
+                        self._local.conn = None
                 unavailable = self._unavailable(e)
                 if unavailable is not None:
                     raise unavailable from None

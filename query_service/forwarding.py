@@ -44,6 +44,7 @@ class Forwarder:
         self.forwarded = 0
         self.duplicates = 0  # labels the reward model had already (at-least-once re-sends)
         self.last_error = ""
+        self._withdraw_warned = False
 
     def wake(self) -> None:
         """Forward now (a new label, or an experiment moved to another reward service)."""
@@ -115,7 +116,15 @@ class Forwarder:
             ids = Quality.to_withdraw(c, exp, 1000)
         if not ids:
             return 0
-        removed = backend.remove_comparisons(ids)
+        try:
+            removed = backend.remove_comparisons(ids)
+        except Exception as e:  # noqa: BLE001 — e.g. a reward service too old to know the call
+            if not self._withdraw_warned:
+                self._withdraw_warned = True
+                log.warning("%s: cannot withdraw the labels of excluded labelers from its reward model (%s: %s); "
+                            "new labels are still forwarded, and the withdrawal is tried again", exp,
+                            type(e).__name__, e)
+            return 0
         with self.store.write() as c:
             Quality.withdrawn(c, ids)
         log.info("%s: withdrew %d label(s) of excluded labelers from its reward model (%d were there)",
@@ -131,14 +140,17 @@ class Forwarder:
     def unforwarded(self) -> int:
         return self.store.count_unforwarded()
 
-    def check_reward_models(self) -> int:
+    def check_reward_models(self, due: Callable[[str], bool] | None = None) -> int:
         """Re-send the labels of every experiment whose reward model has seen fewer comparisons than
         were forwarded to it: it restarted from an older checkpoint (or none), and the labels since
-        are gone from it. Returns the number of labels marked for sending again."""
+        are gone from it (and withheld ones it may hold again are taken back). Experiments in
+        forwarding backoff (`due` false) are skipped. Returns the number of labels to send again."""
         with self.store.read() as c:
             exps = Store.experiments(c)
         resent = 0
         for exp in exps:
+            if due is not None and not due(exp):
+                continue
             try:
                 address, backend = self.routes.route(exp)
                 if backend is None:
@@ -152,6 +164,8 @@ class Forwarder:
                 continue
             if seen < sent:
                 n = self.reforward(exp)
+                with self.store.write() as c:
+                    Quality.withdraw_again(c, exp)
                 resent += n
                 log.warning("the reward model of %s%s has seen %d labels of the %d forwarded to it (restarted "
                             "from an older checkpoint?): sending its %d labels again", exp,
@@ -174,7 +188,7 @@ class Forwarder:
             if every > 0 and time.monotonic() - checked >= every:
                 checked = time.monotonic()
                 try:
-                    self.check_reward_models()
+                    self.check_reward_models(due)
                 except Exception:  # noqa: BLE001 — e.g. the database is busy: next time
                     log.exception("checking the reward models failed")
             try:

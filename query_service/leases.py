@@ -55,9 +55,9 @@ class Leases:
         with self.store.write() as c:
             Store.expire_leases(c, now)
             human = caller.role == "labeler"
-            row = self.quality.gold_for(c, caller.name, scope, now) if human else None
-            if row is None:
-                row = Store.next_queued(c, scope, caller.name, checks=human)
+            row = Store.next_queued(c, scope, caller.name, checks=human)
+            if human and row is not None:  # gold among the queries there are (an idle page's polls get none)
+                row = self.quality.gold_for(c, caller.name, scope, now) or row
             if row is not None:
                 expires = now + seconds
                 Store.grant_lease(c, row["id"], caller.name, now, expires)

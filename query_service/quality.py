@@ -12,7 +12,8 @@
   the reward model has are withdrawn from it (`labels.forwarded`: 3 withheld, 4 to be withdrawn);
   `include` undoes it (the labels are sent again). With `QueryConfig.min_gold_accuracy` > 0 a
   labeler whose gold accuracy falls below it after `min_gold_answers` gold answers is excluded
-  automatically. `rlhp labelers` (`quality_cli.py`) lists, excludes and includes.
+  automatically, unless an operator included them by hand (`labelers.excluded` -1). Withheld labels
+  do not count for the label schedule, which asks for others instead. `rlhp labelers` (`quality_cli.py`) lists, excludes and includes.
 """
 
 from __future__ import annotations
@@ -133,7 +134,8 @@ class Quality:
             return
         n, right = c.execute("SELECT COUNT(*), COALESCE(SUM(answer=expected), 0) FROM checks WHERE kind='gold' "
                              "AND labeler=? AND answer IS NOT NULL", (labeler,)).fetchone()
-        if n >= cfg.min_gold_answers and right / n < cfg.min_gold_accuracy and not self.is_excluded(c, labeler):
+        if (n >= cfg.min_gold_answers and right / n < cfg.min_gold_accuracy and not self.is_excluded(c, labeler)
+                and not self._exempt(c, labeler)):
             self.exclude(c, labeler)
             log.warning("labeler %r excluded: gold accuracy %.0f%% (%d of %d) is below %.0f%%; their labels are "
                         "withheld from the reward model (rlhp labelers include %s undoes it)", labeler,
@@ -148,7 +150,12 @@ class Quality:
     @staticmethod
     def is_excluded(c: sqlite3.Connection, labeler: str) -> bool:
         row = c.execute("SELECT excluded FROM labelers WHERE name=?", (labeler,)).fetchone()
-        return bool(row and row["excluded"])
+        return bool(row and row["excluded"] == 1)
+
+    @staticmethod
+    def _exempt(c: sqlite3.Connection, labeler: str) -> bool:
+        row = c.execute("SELECT excluded FROM labelers WHERE name=?", (labeler,)).fetchone()
+        return bool(row and row["excluded"] == -1)
 
     @staticmethod
     def exclude(c: sqlite3.Connection, labeler: str) -> int:
@@ -162,7 +169,8 @@ class Quality:
     @staticmethod
     def include(c: sqlite3.Connection, labeler: str) -> int:
         """Undo `exclude`: withheld labels are sent (again); returns how many labels that concerns."""
-        if c.execute("UPDATE labelers SET excluded=0 WHERE name=?", (labeler,)).rowcount == 0:
+        # -1: used, and exempt from automatic exclusion (someone decided so by hand)
+        if c.execute("UPDATE labelers SET excluded=-1 WHERE name=?", (labeler,)).rowcount == 0:
             raise NotFound(f"no labeler named {labeler!r}")
         n = c.execute("UPDATE labels SET forwarded=0 WHERE labeler=? AND forwarded=?", (labeler, WITHHELD)).rowcount
         return n + c.execute("UPDATE labels SET forwarded=1 WHERE labeler=? AND forwarded=?",
@@ -175,8 +183,23 @@ class Quality:
 
     @staticmethod
     def withdrawn(c: sqlite3.Connection, ids: list[str]) -> None:
+        """The reward model gave these back: withheld now; one whose labeler was included again
+        meanwhile (4 → 1) is gone from the model, so it is sent again (0)."""
         c.executemany("UPDATE labels SET forwarded=? WHERE query_id=? AND forwarded=?",
                       [(WITHHELD, i, WITHDRAW) for i in ids])
+        c.executemany("UPDATE labels SET forwarded=0 WHERE query_id=? AND forwarded=1", [(i,) for i in ids])
+
+    @staticmethod
+    def withdraw_again(c: sqlite3.Connection, experiment: str) -> int:
+        """A reward model restored from a checkpoint may hold withheld labels again: take them back."""
+        return c.execute("UPDATE labels SET forwarded=? WHERE experiment=? AND forwarded=?",
+                         (WITHDRAW, experiment, WITHHELD)).rowcount
+
+    @staticmethod
+    def withhold_excluded(c: sqlite3.Connection) -> int:
+        """Labels waiting to be sent whose labeler is excluded (e.g. just imported): withheld."""
+        return c.execute("UPDATE labels SET forwarded=? WHERE forwarded=0 AND labeler IN "
+                         "(SELECT name FROM labelers WHERE excluded=1)", (WITHHELD,)).rowcount
 
     # ---- numbers ---------------------------------------------------------------------------
     @staticmethod

@@ -214,7 +214,9 @@ class Store(Database):
         and the counts of its labels, queued and leased queries, and segments."""
         prog = c.execute("SELECT env_steps, label_budget, env_id, goal FROM progress WHERE experiment=?",
                          (experiment,)).fetchone()
-        labels = c.execute("SELECT COUNT(*) FROM labels WHERE experiment=?", (experiment,)).fetchone()[0]
+        # withheld labels (an excluded labeler's, `quality.py`) do not count: the schedule asks for others
+        labels = c.execute("SELECT COUNT(*) FROM labels WHERE experiment=? AND forwarded NOT IN (3, 4)",
+                           (experiment,)).fetchone()[0]
         counts = dict(c.execute("SELECT state, COUNT(*) FROM queries WHERE experiment=? AND state!='answered' "
                                 "AND check_of='' GROUP BY state", (experiment,)).fetchall())
         segments = c.execute("SELECT COUNT(*) FROM segments WHERE experiment=?", (experiment,)).fetchone()[0]
@@ -335,7 +337,7 @@ class Store(Database):
 
     @staticmethod
     def count_live_leases(c: sqlite3.Connection, experiment: str, now: float) -> int:
-        return c.execute("SELECT COUNT(*) FROM queries WHERE experiment=? AND state='leased' AND "
+        return c.execute("SELECT COUNT(*) FROM queries WHERE experiment=? AND state='leased' AND check_of='' AND "
                          "lease_expires > ?", (experiment, now)).fetchone()[0]
 
     @staticmethod
@@ -426,7 +428,7 @@ class Store(Database):
     # -- forwarding state of labels (0 waiting, 1 forwarded, 2 never: its segments are gone) ------
     @staticmethod
     def count_forwarded(c: sqlite3.Connection, experiment: str) -> int:
-        return c.execute("SELECT COUNT(*) FROM labels WHERE experiment=? AND forwarded!=0",
+        return c.execute("SELECT COUNT(*) FROM labels WHERE experiment=? AND forwarded IN (1, 2)",
                          (experiment,)).fetchone()[0]
 
     @staticmethod
@@ -450,8 +452,12 @@ class Store(Database):
 
     @staticmethod
     def set_forwarded(c: sqlite3.Connection, query_ids: list[str], state: int) -> None:
+        """Labels that were waiting (0) are now `state` (sent, or lost). One withheld meanwhile (its
+        labeler was excluded while it was being sent: 3) is to be taken back from the reward model (4)."""
         for qid in query_ids:
-            c.execute("UPDATE labels SET forwarded=? WHERE query_id=?", (state, qid))
+            c.execute("UPDATE labels SET forwarded=? WHERE query_id=? AND forwarded=0", (state, qid))
+            if state == 1:
+                c.execute("UPDATE labels SET forwarded=4 WHERE query_id=? AND forwarded=3", (qid,))
 
     @staticmethod
     def unmark_forwarded(c: sqlite3.Connection, experiment: str | None = None) -> int:

@@ -121,9 +121,15 @@ def test_repeats_measure_agreement_and_agreed_pairs_become_gold(tmp_path):
     # a pair two labelers agreed on is gold for a third
     svc.config = QueryConfig.smoke(initial_labels=0, queue_target=20, selection="random", label_budget=200,
                                    gold_rate=1.0)
-    q = svc.lease(t["carol"]).query
-    row = svc.store.conn().execute("SELECT kind, expected_by FROM checks WHERE query_id=?", (q.id,)).fetchone()
-    assert row["kind"] == "gold" and row["expected_by"] == "alice"
+    kinds = []
+    for _ in range(10):  # (a queued repeat of bob's comes first; gold is mixed in with ordinary queries)
+        q = svc.lease(t["carol"]).query
+        row = svc.store.conn().execute("SELECT kind, expected_by FROM checks WHERE query_id=?", (q.id,)).fetchone()
+        kinds.append(row["kind"] if row else "query")
+        if row is not None and row["kind"] == "gold":
+            assert row["expected_by"] == "alice"  # one of the two pairs bob agreed with her on
+            break
+    assert kinds[-1] == "gold", kinds
 
 
 def test_a_labeler_below_the_gold_accuracy_is_excluded_and_the_reward_model_loses_their_labels(tmp_path):
@@ -164,6 +170,10 @@ def test_a_labeler_below_the_gold_accuracy_is_excluded_and_the_reward_model_lose
     while svc.unforwarded():
         svc.forward_once()
     assert model.stats().comparisons == 14 and len(mine) == 5
+    # included by hand, she is not excluded again automatically by her old gold answers
+    q = svc.lease(mallory).query
+    svc.submit(mallory, q.id, L)
+    assert not next(x for x in svc.stats().labelers if x.name == "mallory").excluded
 
 
 def test_rlhp_labelers_command_lists_excludes_and_includes(tmp_path):
@@ -185,3 +195,29 @@ def test_rlhp_labelers_command_lists_excludes_and_includes(tmp_path):
     assert "3 label(s) will be sent" in cli("include", "--run-dir", run, "--name", "alice").stdout
     bad = cli("exclude", "--run-dir", run, "--name", "nobody")
     assert bad.returncode == 1 and "no labeler named 'nobody'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_exclusion_races_with_forwarding_end_in_the_right_state(tmp_path):
+    """An exclusion while a label is being sent, and an inclusion while labels are being withdrawn,
+    leave every label where it belongs (found in review: the forwarder overwrote the states)."""
+    from query_service.quality import WITHDRAW, WITHHELD, Quality
+    from query_service.store import Store
+
+    svc = _svc(tmp_path)
+    t = _setup(svc)
+    (a, _), (b, _) = _answer_truthfully(svc, t["alice"], 2)
+    state = lambda qid: _n(svc, "SELECT forwarded FROM labels WHERE query_id=?", qid)  # noqa: E731
+    before = svc.progress("Hop").labels
+    svc.exclude_labeler("alice")  # while `a` is on its way to the reward model ...
+    assert svc.progress("Hop").labels == before - 2  # (withheld labels do not count for the schedule)
+    with svc.store.write() as c:
+        Store.set_forwarded(c, [a], 1)  # ... which then marks it sent
+    assert state(a) == WITHDRAW  # so it is taken back, not left in the model
+    with svc.store.write() as c:
+        Quality.include(c, "alice")  # included while `a` is being withdrawn ...
+        Quality.withdrawn(c, [a])  # ... and the reward model gave it back
+    assert state(a) == 0 and state(b) == 0  # both are sent (again)
+    assert svc.progress("Hop").labels == before
+    with svc.store.write() as c:
+        Quality.exclude(c, "alice")
+    assert state(a) == WITHHELD
