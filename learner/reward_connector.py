@@ -108,7 +108,7 @@ class LearnedRewardConnector(ConnectorV2):
 
     def __init__(self, input_observation_space: Optional[gym.Space] = None,
                  input_action_space: Optional[gym.Space] = None, *, backend: BackendSpec,
-                 clip_actions: bool = True, copy_every_s: float = 30.0, retry_after_s: float = 10.0,
+                 clip_actions: bool = True, copy_every_s: float = 30.0, retry_after_s: float = 3.0,
                  **kwargs):
         super().__init__(input_observation_space, input_action_space, **kwargs)
         self._backend_spec = backend

@@ -34,6 +34,10 @@ _OPTIONS = [
     # with GOAWAY "too_many_pings" and idle channels then fail their next call.
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 20_000),
     ("grpc.http2.max_ping_strikes", 0),
+    # A restarted service is found within a few seconds: gRPC's default reconnect backoff grows to
+    # 120 s, and calls fail fast (UNAVAILABLE) while a channel waits it out.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 3_000),
 ]
 
 
