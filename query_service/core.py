@@ -380,13 +380,13 @@ class QueryService:
         """Withhold `name`'s labels from the reward models (withdrawing those they have); returns how
         many labels that concerns. `include_labeler` undoes it. In-process (and `rlhp labelers`)."""
         with self.store.write() as c:
-            n = Quality.exclude(c, name)
+            n = Store.exclude_labeler(c, name)
         self._forwarder.wake()
         return n
 
     def include_labeler(self, name: str) -> int:
         with self.store.write() as c:
-            n = Quality.include(c, name)
+            n = Store.include_labeler(c, name)
         self._forwarder.wake()
         return n
 

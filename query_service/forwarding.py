@@ -20,7 +20,6 @@ from rlhp.types import Preference
 from reward_service.types import ComparisonData, SegmentData
 
 from .config import QueryConfig
-from .quality import Quality
 from .routing import Routes
 from .store import Store
 
@@ -113,7 +112,7 @@ class Forwarder:
     def _withdraw(self, exp: str, backend: Any) -> int:
         """Take the labels of excluded labelers back from `exp`'s reward model (`quality.py`)."""
         with self.store.read() as c:
-            ids = Quality.to_withdraw(c, exp, 1000)
+            ids = Store.to_withdraw(c, exp, 1000)
         if not ids:
             return 0
         try:
@@ -126,7 +125,7 @@ class Forwarder:
                             type(e).__name__, e)
             return 0
         with self.store.write() as c:
-            Quality.withdrawn(c, ids)
+            Store.withdrawn(c, ids)
         log.info("%s: withdrew %d label(s) of excluded labelers from its reward model (%d were there)",
                  exp, len(ids), removed)
         return len(ids)
@@ -165,7 +164,7 @@ class Forwarder:
             if seen < sent:
                 n = self.reforward(exp)
                 with self.store.write() as c:
-                    Quality.withdraw_again(c, exp)
+                    Store.withdraw_again(c, exp)
                 resent += n
                 log.warning("the reward model of %s%s has seen %d labels of the %d forwarded to it (restarted "
                             "from an older checkpoint?): sending its %d labels again", exp,

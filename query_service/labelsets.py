@@ -35,7 +35,6 @@ from typing import IO, Any, Iterable
 from rlhp.types import InvalidRequest, Preference
 
 from . import intake
-from .quality import Quality
 from .store import DB_NAME, Store, unpack
 from .types import SegmentRecord
 
@@ -193,7 +192,7 @@ def import_labels(store: Store, lines: Iterable[str], experiment: str = "", labe
                                      f"neither in the file nor in experiment {lab['experiment']!r} of this run")
             Store.insert_imported_label(c, lab)
             counts["labels"] += 1
-        Quality.withhold_excluded(c)  # labels of a labeler excluded here are not sent
+        Store.withhold_excluded(c)  # labels of a labeler excluded here are not sent
     return counts
 
 

@@ -36,7 +36,7 @@ class Leases:
     @staticmethod
     def answered(c: sqlite3.Connection, labeler: str) -> int:
         """Everything `labeler` answered, quality checks included (they must look like any query)."""
-        return Store.count_answered(c, labeler) + Quality.count_answered(c, labeler)
+        return Store.count_answered(c, labeler) + Store.count_checks_answered(c, labeler)
 
     @staticmethod
     def query(c: sqlite3.Connection, caller: Caller, query_id: Any) -> sqlite3.Row:
@@ -89,7 +89,7 @@ class Leases:
         with self.store.write() as c:
             q = self.query(c, caller, query_id)
             check = bool(q["check_of"])
-            label = Quality.answer_of(c, q["id"]) if check else Store.label(c, q["id"])
+            label = Store.check_answer(c, q["id"]) if check else Store.label(c, q["id"])
             if label is not None:
                 answered = self.answered(c, caller.name)
                 if label["labeler"] == caller.name and label["answer"] == int(pref):
@@ -105,7 +105,7 @@ class Leases:
                 self.quality.record(c, q, caller.name, int(pref), min(secs, 1e7), now)
             else:
                 Store.insert_label(c, q, int(pref), caller.name, min(secs, 1e7), now,
-                                   forwarded=WITHHELD if Quality.is_excluded(c, caller.name) else 0)
+                                   forwarded=WITHHELD if Store.exclusion(c, caller.name) == 1 else 0)
                 self.quality.after_label(c, q, caller.name, caller.role, int(pref), now)
             late = q["state"] != "leased" or q["lease_owner"] != caller.name
             answered = self.answered(c, caller.name)

@@ -26,14 +26,16 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from rlhp.types import NotFound, Preference
+from rlhp.types import Preference
 
+from .check_rows import DECISIVE, WITHDRAW, WITHHELD
 from .config import QueryConfig
+from .store import Store
+
+__all__ = ["WITHDRAW", "WITHHELD", "LabelerQuality", "Quality", "describe"]
 
 log = logging.getLogger("rlhp.query")
 
-WITHHELD, WITHDRAW = 3, 4  # `labels.forwarded` of an excluded labeler: kept back / to take back
-_DECISIVE = (int(Preference.LEFT), int(Preference.RIGHT), int(Preference.EQUAL))
 _SWAP = {int(Preference.LEFT): int(Preference.RIGHT), int(Preference.RIGHT): int(Preference.LEFT)}
 
 
@@ -60,7 +62,8 @@ class LabelerQuality:
 
 
 class Quality:
-    """The rules above over one store's connection (inside the caller's transaction)."""
+    """The rules above over one store's connection (inside the caller's transaction); the statements
+    are `Store`'s (`check_rows.py`)."""
 
     def __init__(self, config: QueryConfig, seed: int | None = None) -> None:
         self.config = config
@@ -72,30 +75,18 @@ class Quality:
         """Maybe (at `gold_rate`) a new gold query for `labeler`, leased to nobody yet; None otherwise."""
         if self.config.gold_rate <= 0 or self.rng.random() >= self.config.gold_rate:
             return None
-        where, args = ("", []) if scope is None else (
-            f" AND l.experiment IN ({','.join('?' * len(scope))})", list(scope))
-        decisive = ",".join(map(str, _DECISIVE))
-        shown = ("NOT EXISTS (SELECT 1 FROM checks g WHERE g.of_query=src.qid AND g.kind='gold' AND "
-                 "g.for_labeler=?)")
-        candidates = c.execute(
-            f"SELECT * FROM (SELECT l.query_id AS qid, l.answer AS answer, l.labeler AS source FROM labels l "
-            f"JOIN labelers r ON r.name=l.labeler WHERE r.role='teacher' AND l.answer IN ({decisive}){where} "
-            f"UNION SELECT l.query_id, l.answer, l.labeler FROM checks k JOIN labels l ON l.query_id=k.of_query "
-            f"WHERE k.kind='repeat' AND k.answer=k.expected AND l.answer IN ({decisive}){where} AND k.labeler!=? "
-            f"AND NOT EXISTS (SELECT 1 FROM labelers x WHERE x.name IN (k.labeler, k.expected_by) AND x.excluded=1)"
-            f") src WHERE src.source!=? AND {shown} LIMIT 500",
-            (*args, *args, labeler, labeler, labeler)).fetchall()
+        candidates = Store.gold_candidates(c, labeler, scope)
         if not candidates:
             return None
         pick = candidates[self.rng.randrange(len(candidates))]
-        original = c.execute("SELECT * FROM queries WHERE id=?", (pick["qid"],)).fetchone()
+        original = Store.query(c, pick["qid"])
         return self._check_query(c, original, "gold", int(pick["answer"]), pick["source"], labeler, now)
 
     # ---- agreement -------------------------------------------------------------------------
     def after_label(self, c: sqlite3.Connection, query: sqlite3.Row, labeler: str, role: str, answer: int,
                     now: float) -> None:
         """A human's new label: maybe (at `agreement_rate`) queue a repeat of it for someone else."""
-        if (role != "labeler" or answer not in _DECISIVE or self.config.agreement_rate <= 0
+        if (role != "labeler" or answer not in DECISIVE or self.config.agreement_rate <= 0
                 or self.rng.random() >= self.config.agreement_rate):
             return
         self._check_query(c, query, "repeat", answer, labeler, "", now)
@@ -106,120 +97,41 @@ class Quality:
         left, right = query["left_id"], query["right_id"]
         if self.rng.random() < 0.5:
             left, right, expected = right, left, _SWAP.get(expected, expected)
-        qid = uuid.uuid4().hex
-        c.execute("INSERT INTO queries (id, experiment, left_id, right_id, model_version, disagreement, state, "
-                  "created, order_key, initial, check_of) VALUES (?, ?, ?, ?, ?, NULL, 'queued', ?, ?, 0, ?)",
-                  (qid, query["experiment"], left, right, query["model_version"], now, now, query["id"]))
-        c.execute("INSERT INTO checks (query_id, of_query, kind, expected, expected_by, for_labeler, created) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?)", (qid, query["id"], kind, expected, expected_by, for_labeler, now))
-        return c.execute("SELECT * FROM queries WHERE id=?", (qid,)).fetchone()
+        return Store.insert_check(c, uuid.uuid4().hex, query, (left, right), kind, expected, expected_by,
+                                  for_labeler, now)
 
     # ---- answers to checks -----------------------------------------------------------------
-    @staticmethod
-    def answer_of(c: sqlite3.Connection, query_id: str) -> sqlite3.Row | None:
-        """(labeler, answer) of an answered check, None while unanswered."""
-        row = c.execute("SELECT labeler, answer FROM checks WHERE query_id=? AND answer IS NOT NULL",
-                        (query_id,)).fetchone()
-        return row
-
     def record(self, c: sqlite3.Connection, query: sqlite3.Row, labeler: str, answer: int, seconds: float,
                now: float) -> None:
         """Store a labeler's answer to a check; exclude them if their gold accuracy fell too low."""
-        c.execute("UPDATE checks SET labeler=?, answer=?, seconds=?, answered=? WHERE query_id=?",
-                  (labeler, answer, seconds, now, query["id"]))
-        c.execute("UPDATE queries SET state='answered', lease_owner=NULL, lease_expires=NULL WHERE id=?",
-                  (query["id"],))
+        Store.answer_check(c, query["id"], labeler, answer, seconds, now)
         cfg = self.config
         if cfg.min_gold_accuracy <= 0:
             return
-        n, right = c.execute("SELECT COUNT(*), COALESCE(SUM(answer=expected), 0) FROM checks WHERE kind='gold' "
-                             "AND labeler=? AND answer IS NOT NULL", (labeler,)).fetchone()
-        if (n >= cfg.min_gold_answers and right / n < cfg.min_gold_accuracy and not self.is_excluded(c, labeler)
-                and not self._exempt(c, labeler)):
-            self.exclude(c, labeler)
+        n, right = Store.gold_score(c, labeler)
+        # exclusion 0: neither excluded already nor included by hand (-1, exempt)
+        if n >= cfg.min_gold_answers and right / n < cfg.min_gold_accuracy and Store.exclusion(c, labeler) == 0:
+            Store.exclude_labeler(c, labeler)
             log.warning("labeler %r excluded: gold accuracy %.0f%% (%d of %d) is below %.0f%%; their labels are "
                         "withheld from the reward model (rlhp labelers include %s undoes it)", labeler,
                         100 * right / n, right, n, 100 * cfg.min_gold_accuracy, labeler)
-
-    @staticmethod
-    def count_answered(c: sqlite3.Connection, labeler: str) -> int:
-        return c.execute("SELECT COUNT(*) FROM checks WHERE labeler=? AND answer IS NOT NULL",
-                         (labeler,)).fetchone()[0]
-
-    # ---- exclusion -------------------------------------------------------------------------
-    @staticmethod
-    def is_excluded(c: sqlite3.Connection, labeler: str) -> bool:
-        row = c.execute("SELECT excluded FROM labelers WHERE name=?", (labeler,)).fetchone()
-        return bool(row and row["excluded"] == 1)
-
-    @staticmethod
-    def _exempt(c: sqlite3.Connection, labeler: str) -> bool:
-        row = c.execute("SELECT excluded FROM labelers WHERE name=?", (labeler,)).fetchone()
-        return bool(row and row["excluded"] == -1)
-
-    @staticmethod
-    def exclude(c: sqlite3.Connection, labeler: str) -> int:
-        """Withhold `labeler`'s labels (those forwarded are to be withdrawn); returns how many."""
-        if c.execute("UPDATE labelers SET excluded=1 WHERE name=?", (labeler,)).rowcount == 0:
-            raise NotFound(f"no labeler named {labeler!r}")
-        n = c.execute("UPDATE labels SET forwarded=? WHERE labeler=? AND forwarded=0", (WITHHELD, labeler)).rowcount
-        return n + c.execute("UPDATE labels SET forwarded=? WHERE labeler=? AND forwarded=1",
-                             (WITHDRAW, labeler)).rowcount
-
-    @staticmethod
-    def include(c: sqlite3.Connection, labeler: str) -> int:
-        """Undo `exclude`: withheld labels are sent (again); returns how many labels that concerns."""
-        # -1: used, and exempt from automatic exclusion (someone decided so by hand)
-        if c.execute("UPDATE labelers SET excluded=-1 WHERE name=?", (labeler,)).rowcount == 0:
-            raise NotFound(f"no labeler named {labeler!r}")
-        n = c.execute("UPDATE labels SET forwarded=0 WHERE labeler=? AND forwarded=?", (labeler, WITHHELD)).rowcount
-        return n + c.execute("UPDATE labels SET forwarded=1 WHERE labeler=? AND forwarded=?",
-                             (labeler, WITHDRAW)).rowcount
-
-    @staticmethod
-    def to_withdraw(c: sqlite3.Connection, experiment: str, n: int) -> list[str]:
-        return [r[0] for r in c.execute("SELECT query_id FROM labels WHERE experiment=? AND forwarded=? LIMIT ?",
-                                        (experiment, WITHDRAW, n))]
-
-    @staticmethod
-    def withdrawn(c: sqlite3.Connection, ids: list[str]) -> None:
-        """The reward model gave these back: withheld now; one whose labeler was included again
-        meanwhile (4 → 1) is gone from the model, so it is sent again (0)."""
-        c.executemany("UPDATE labels SET forwarded=? WHERE query_id=? AND forwarded=?",
-                      [(WITHHELD, i, WITHDRAW) for i in ids])
-        c.executemany("UPDATE labels SET forwarded=0 WHERE query_id=? AND forwarded=1", [(i,) for i in ids])
-
-    @staticmethod
-    def withdraw_again(c: sqlite3.Connection, experiment: str) -> int:
-        """A reward model restored from a checkpoint may hold withheld labels again: take them back."""
-        return c.execute("UPDATE labels SET forwarded=? WHERE experiment=? AND forwarded=?",
-                         (WITHDRAW, experiment, WITHHELD)).rowcount
-
-    @staticmethod
-    def withhold_excluded(c: sqlite3.Connection) -> int:
-        """Labels waiting to be sent whose labeler is excluded (e.g. just imported): withheld."""
-        return c.execute("UPDATE labels SET forwarded=? WHERE forwarded=0 AND labeler IN "
-                         "(SELECT name FROM labelers WHERE excluded=1)", (WITHHELD,)).rowcount
 
     # ---- numbers ---------------------------------------------------------------------------
     @staticmethod
     def labelers(c: sqlite3.Connection) -> list[LabelerQuality]:
         """Every labeler who answered anything (or was excluded), by name."""
         seconds: dict[str, list[float]] = {}
-        for name, secs in c.execute("SELECT labeler, seconds FROM labels"):
-            seconds.setdefault(name, []).append(float(secs or 0.0))
-        gold = {r[0]: (r[1], r[2]) for r in c.execute(
-            "SELECT labeler, COUNT(*), SUM(answer=expected) FROM checks WHERE kind='gold' AND answer IS NOT NULL "
-            "GROUP BY labeler")}
+        for name, secs in Store.label_seconds(c):
+            seconds.setdefault(name, []).append(secs)
+        gold = Store.gold_by_labeler(c)
         agree: dict[str, list[int]] = {}
-        for answerer, first, same in c.execute("SELECT labeler, expected_by, answer=expected FROM checks "
-                                               "WHERE kind='repeat' AND answer IS NOT NULL"):
+        for answerer, first, same in Store.repeat_outcomes(c):
             for who in (answerer, first):
-                agree.setdefault(who, []).append(int(same))
-        excluded = {r[0] for r in c.execute("SELECT name FROM labelers WHERE excluded=1")}
+                agree.setdefault(who, []).append(same)
+        excluded = Store.excluded_labelers(c)
         names = sorted(set(seconds) | set(gold) | set(agree) | excluded)
         return [LabelerQuality(n, len(seconds.get(n, [])), statistics.median(seconds[n]) if n in seconds else 0.0,
-                               int(gold.get(n, (0, 0))[0]), int(gold.get(n, (0, 0))[1] or 0),
+                               gold.get(n, (0, 0))[0], gold.get(n, (0, 0))[1],
                                len(agree.get(n, [])), sum(agree.get(n, [])), n in excluded) for n in names]
 
 

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             print(table(rows) if rows else "no labels yet")
             return 0
         with store.write() as c:
-            n = (Quality.exclude if args.command == "exclude" else Quality.include)(c, args.name)
+            n = (Store.exclude_labeler if args.command == "exclude" else Store.include_labeler)(c, args.name)
         if args.command == "exclude":
             print(f"excluded {args.name!r}: {n} label(s) withheld from the reward model (kept in the database; "
                   f"rlhp labelers include --run-dir {run_dir} --name {args.name} undoes it)")

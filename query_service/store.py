@@ -1,4 +1,5 @@
-"""The rows of the query service: every SQL statement it runs is a named method of `Store`.
+"""The rows of the query service: every SQL statement it runs is a named method of `Store` (the
+statements of labeler quality control are in `check_rows.py`, a part of `Store`).
 
 Segments (arrays as compressed npz blobs), queries, leases, labels, labeler tokens (salted hashes only)
 and the schedule position of every experiment, in the tables of `database.py`. Methods taking a
@@ -20,6 +21,7 @@ import numpy as np
 from rlhp.types import Preference
 
 from . import intake
+from .check_rows import CheckRows
 from .database import DB_NAME, Database, pack, unpack
 from .types import SegmentRecord
 
@@ -32,8 +34,9 @@ class TokenExists(ValueError):
     """A labeler of that name already has a token (replacing it needs `replace=True`)."""
 
 
-class Store(Database):
-    """The named statements of the query service over `<run_dir>/labels.sqlite`."""
+class Store(Database, CheckRows):
+    """The named statements of the query service over `<run_dir>/labels.sqlite` (those of quality
+    control are in `check_rows.py`)."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         super().__init__(run_dir)

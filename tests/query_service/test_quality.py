@@ -200,7 +200,7 @@ def test_rlhp_labelers_command_lists_excludes_and_includes(tmp_path):
 def test_exclusion_races_with_forwarding_end_in_the_right_state(tmp_path):
     """An exclusion while a label is being sent, and an inclusion while labels are being withdrawn,
     leave every label where it belongs (found in review: the forwarder overwrote the states)."""
-    from query_service.quality import WITHDRAW, WITHHELD, Quality
+    from query_service.quality import WITHDRAW, WITHHELD
     from query_service.store import Store
 
     svc = _svc(tmp_path)
@@ -214,10 +214,10 @@ def test_exclusion_races_with_forwarding_end_in_the_right_state(tmp_path):
         Store.set_forwarded(c, [a], 1)  # ... which then marks it sent
     assert state(a) == WITHDRAW  # so it is taken back, not left in the model
     with svc.store.write() as c:
-        Quality.include(c, "alice")  # included while `a` is being withdrawn ...
-        Quality.withdrawn(c, [a])  # ... and the reward model gave it back
+        Store.include_labeler(c, "alice")  # included while `a` is being withdrawn ...
+        Store.withdrawn(c, [a])  # ... and the reward model gave it back
     assert state(a) == 0 and state(b) == 0  # both are sent (again)
     assert svc.progress("Hop").labels == before
     with svc.store.write() as c:
-        Quality.exclude(c, "alice")
+        Store.exclude_labeler(c, "alice")
     assert state(a) == WITHHELD
