@@ -10,7 +10,7 @@ from typing import Any
 
 from actors.envs import is_atari
 from actors.goals import default_goal_text, load_goal
-from learner.presets import PRESETS, preset_for
+from learner.presets import PRESETS, RL_SETTINGS, preset_for
 from learner import configs
 from query_service.config import QueryConfig
 from reward_service.config import RewardConfig
@@ -176,9 +176,9 @@ def preset(name: str | None, env_id: str) -> ExperimentConfig:
         steps = 40_000
         return ExperimentConfig(
             env=replace(env, segment_fraction=0.25),
-            # = RL_SETTINGS["classic"] (see the measurements there), kept explicit so that
-            # `--preset classic` on an env of another family gets them too
-            rl=RLConfig(overrides=dict(lr=1e-3, train_batch_size_per_learner=1000)),
+            # the classic family's lr and batch (RL_SETTINGS, measured there), also when
+            # `--preset classic` runs an env of another family
+            rl=RLConfig(overrides={k: RL_SETTINGS["classic"][k] for k in ("lr", "train_batch_size_per_learner")}),
             reward=RewardConfig(members=3, hidden=(64, 64), steps_per_round=50, use_actions=False,
                                 normalize_inputs=True),
             query=QueryConfig(label_budget=200, initial_labels=60, schedule_n0=10_000.0,

@@ -52,7 +52,7 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 @dataclass(frozen=True)
-class GroupMember:
+class GroupExperiment:
     """One experiment of a many-games group: a game with its own policy and reward model."""
 
     name: str  # the experiment name in the shared query service
@@ -81,12 +81,12 @@ def unique_names(env_ids: list[str]) -> list[str]:
     return names
 
 
-def plan(args: argparse.Namespace) -> tuple[Path, list[GroupMember]]:
+def plan(args: argparse.Namespace) -> tuple[Path, list[GroupExperiment]]:
     """The group directory and its games: fresh from --env ..., or read back for --resume GROUP."""
     if args.resume:
         group = Path(args.resume)
         meta = json.loads((group / MULTI_FILE).read_text())
-        games = []
+        experiments = []
         for entry in meta["experiments"]:
             run_dir = group / entry["name"]
             cfg = experiment.load(str(run_dir / "config.yaml"))
@@ -94,8 +94,8 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[GroupMember]]:
                 cfg = configs.apply(cfg, {"run": {"max_env_steps": args.steps},
                                           "query": {"total_env_steps": float(args.steps)}})
                 configs.save(cfg, run_dir / "config.yaml")
-            games.append(GroupMember(entry["name"], cfg, run_dir.resolve()))
-        return group.resolve(), games
+            experiments.append(GroupExperiment(entry["name"], cfg, run_dir.resolve()))
+        return group.resolve(), experiments
     envs = list(args.env)
     names = unique_names(envs)
     runs_dir = Path(args.runs_dir or "runs")
@@ -106,7 +106,7 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[GroupMember]]:
     sets = list(args.set)
     if args.labels is not None:
         sets.append(f"query.label_budget={args.labels}")
-    games = []
+    experiments = []
     for i, (env_id, name) in enumerate(zip(envs, names)):
         cfg = experiment.resolve(env_id, args.preset, args.config, sets, name=name, runs_dir=str(group),
                                  max_env_steps=args.steps, labelers=args.labelers)
@@ -116,20 +116,20 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[GroupMember]]:
         cfg = replace(cfg, run=replace(cfg.run, seed=(args.seed if args.seed is not None else cfg.run.seed) + i))
         if cfg.query.initial > cfg.query.label_budget:
             cfg = replace(cfg, query=replace(cfg.query, initial_labels=cfg.query.label_budget))
-        games.append(GroupMember(name, cfg, (group / name).resolve()))
-    for g in games:
+        experiments.append(GroupExperiment(name, cfg, (group / name).resolve()))
+    for g in experiments:
         g.run_dir.mkdir(parents=True, exist_ok=True)
         configs.save(g.cfg, g.run_dir / "config.yaml")
     (group / MULTI_FILE).write_text(json.dumps(
-        {"experiments": [{"name": g.name, "env_id": g.cfg.env.env_id} for g in games],
+        {"experiments": [{"name": g.name, "env_id": g.cfg.env.env_id} for g in experiments],
          "created": time.time()}, indent=2))
-    return group.resolve(), games
+    return group.resolve(), experiments
 
 
 # ---- one trial: one game ------------------------------------------------------------------------
 
 
-class GameTrainer(Trainer):
+class GroupTrainer(Trainer):
     """A `Trainer` inside a Tune trial: its own reward service, the shared query service, and no
     labelers of its own (the driver's pool answers every game)."""
 
@@ -169,7 +169,7 @@ def _trial(config: dict, shared: dict) -> None:
                 os._exit(3)
 
     say(f"trial of {name} starting ({'resuming' if resume else 'fresh'}) in pid {os.getpid()}")
-    trainer = GameTrainer(cfg, run_dir, resume=resume, query_address=shared["query_address"],
+    trainer = GroupTrainer(cfg, run_dir, resume=resume, query_address=shared["query_address"],
                           query_token=shared["tokens"][name], out=say, on_iteration=on_iteration)
     import torch
 
@@ -185,12 +185,12 @@ def _trial(config: dict, shared: dict) -> None:
         logf.close()
 
 
-def _resources(games: dict[str, GroupMember]) -> Callable[[dict], Any]:
+def _resources(experiments: dict[str, GroupExperiment]) -> Callable[[dict], Any]:
     """Per-trial placement group: the trial's process (learner, reward model) plus its env runners."""
     from ray import tune
 
     def request(config: dict) -> Any:
-        rl = games[config["experiment"]].cfg.rl
+        rl = experiments[config["experiment"]].cfg.rl
         return tune.PlacementGroupFactory([{"CPU": 1}] + [{"CPU": 1}] * (rl.num_env_runners + rl.num_learners))
 
     return request
@@ -224,15 +224,15 @@ def _status_callback(states: dict) -> Any:
 
 
 class MultiRunner:
-    """Runs `games` at once on the Ray cluster with one shared query service and labeler pool."""
+    """Runs `experiments` (one per game) at once on the Ray cluster with one shared query service and labeler pool."""
 
-    def __init__(self, games: list[GroupMember], group_dir: Path, *, query_address: str | None = None,
+    def __init__(self, experiments: list[GroupExperiment], group_dir: Path, *, query_address: str | None = None,
                  query_token: str | None = None, ray_address: str | None = None, max_failures: int = 3,
                  table_every: float = 5.0, out: Callable[[str], None] | None = None,
                  fault: dict | None = None) -> None:
-        if not games:
+        if not experiments:
             raise TrainError("no games to run")
-        self.games = {g.name: g for g in games}
+        self.experiments = {g.name: g for g in experiments}
         self.group_dir = Path(group_dir).resolve()
         self.query_address = query_address
         self.query_token = query_token or ""
@@ -241,11 +241,11 @@ class MultiRunner:
         self.table_every = table_every
         self.say = out or (lambda s: print(s, flush=True))
         self.fault = fault
-        self.first = games[0].cfg
+        self.first = experiments[0].cfg
         self.qcore = None
         self.query_server = None
         self.labeler_token = ""
-        self.states: dict[str, tuple[str, int]] = {g.name: ("pending", 0) for g in games}
+        self.states: dict[str, tuple[str, int]] = {g.name: ("pending", 0) for g in experiments}
         self.corr: dict[str, float] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -267,7 +267,7 @@ class MultiRunner:
 
     def start_query_service(self) -> dict[str, str]:
         """The shared query service (embedded unless --query-address); producer tokens per game."""
-        names = list(self.games)
+        names = list(self.experiments)
         if self.query_address:
             if not self.query_token:
                 raise TrainError("--query-address needs --query-token (a producer token allowed for every "
@@ -289,7 +289,7 @@ class MultiRunner:
                 for n in names}
 
     def start_labelers(self) -> None:
-        names = list(self.games)
+        names = list(self.experiments)
         self.labeler_token, threads = start_labelers(
             self.qcore, self.query_address, names, self.first.run.labelers, self.first.teacher,
             self.first.run.seed, self._stop, self.say, token_dir=token_dir(self.group_dir))
@@ -311,7 +311,7 @@ class MultiRunner:
     def refresh_corr(self) -> dict[str, float]:
         """Score every game's recent segments now (`corr` of the table; NaN where unknown)."""
         self._last_corr = time.time()
-        for name in self.games:
+        for name in self.experiments:
             try:
                 self.corr[name] = self._segment_corr(name)
             except Exception:  # noqa: BLE001 — a game's reward service may be restarting
@@ -324,9 +324,9 @@ class MultiRunner:
 
         if self.qcore is not None and time.time() - self._last_corr > max(10.0, self.table_every):
             self.refresh_corr()
-        lines = [run_table([g.run_dir for g in self.games.values()]), ""]
+        lines = [run_table([g.run_dir for g in self.experiments.values()]), ""]
         parts = []
-        for name in self.games:
+        for name in self.experiments:
             state, failures = self.states.get(name, ("pending", 0))
             part = f"{name}: {state}" + (f" ({failures} restart{'s' * (failures != 1)})" if failures else "")
             c = self.corr.get(name, math.nan)
@@ -352,7 +352,7 @@ class MultiRunner:
 
         if ray.is_initialized():
             return
-        need = sum(1 + g.cfg.rl.num_env_runners + g.cfg.rl.num_learners for g in self.games.values())
+        need = sum(1 + g.cfg.rl.num_env_runners + g.cfg.rl.num_learners for g in self.experiments.values())
         if self.ray_address:
             ray.init(address=self.ray_address, log_to_driver=False)
         else:
@@ -369,20 +369,20 @@ class MultiRunner:
         self.start_ray()
         tokens = self.start_query_service()
         self.start_labelers()
-        shared = dict(run_dirs={n: str(g.run_dir) for n, g in self.games.items()},
+        shared = dict(run_dirs={n: str(g.run_dir) for n, g in self.experiments.items()},
                       query_address=self.query_address, tokens=tokens, fault=self.fault,
                       node_host=bool(self.ray_address and self.ray_address != "local"))
-        trainable = tune.with_resources(tune.with_parameters(_trial, shared=shared), _resources(self.games))
+        trainable = tune.with_resources(tune.with_parameters(_trial, shared=shared), _resources(self.experiments))
         tuner = tune.Tuner(
             trainable,
-            param_space={"experiment": tune.grid_search(list(self.games))},
-            tune_config=tune.TuneConfig(max_concurrent_trials=len(self.games), reuse_actors=False),
+            param_space={"experiment": tune.grid_search(list(self.experiments))},
+            tune_config=tune.TuneConfig(max_concurrent_trials=len(self.experiments), reuse_actors=False),
             run_config=tune.RunConfig(
                 name=time.strftime("tune-%Y%m%d-%H%M%S"), storage_path=str(self.group_dir / "tune"),
                 failure_config=tune.FailureConfig(max_failures=self.max_failures),
                 callbacks=[_status_callback(self.states)], verbose=0))
-        self.say(f"training {len(self.games)} games at once: " + ", ".join(
-            f"{n} ({g.cfg.env.env_id})" for n, g in self.games.items())
+        self.say(f"training {len(self.experiments)} games at once: " + ", ".join(
+            f"{n} ({g.cfg.env.env_id})" for n, g in self.experiments.items())
                  + f"; logs in {self.group_dir}/<game>/train.log")
         th = threading.Thread(target=self._table_loop, name="table", daemon=True)
         th.start()
@@ -393,7 +393,7 @@ class MultiRunner:
             if r.config and r.error is not None:
                 errors[r.config["experiment"]] = f"{type(r.error).__name__}: {r.error}"
         summary = {}
-        for name, g in self.games.items():
+        for name, g in self.experiments.items():
             state_path = g.run_dir / "state.json"
             state = json.loads(state_path.read_text()) if state_path.exists() else {}
             summary[name] = dict(env_steps=int(state.get("env_steps", 0)), iteration=int(state.get("iteration", 0)),
@@ -426,11 +426,11 @@ def main_from_args(args: argparse.Namespace) -> int:
               "reward model)", file=sys.stderr)
         return 2
     try:
-        group, games = plan(args)
+        group, experiments = plan(args)
     except (TrainError, configs.ConfigError, ValueError, OSError, KeyError) as e:
         print(f"rlhp train: {e}", file=sys.stderr)
         return 2
-    runner = MultiRunner(games, group, query_address=args.query_address, query_token=args.query_token,
+    runner = MultiRunner(experiments, group, query_address=args.query_address, query_token=args.query_token,
                          ray_address=args.address)
     try:
         summary = runner.run()
