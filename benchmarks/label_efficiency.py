@@ -136,11 +136,11 @@ def mujoco_rlhp(task: str, steps: int, labels: int, seed: int, runs_dir: Path, t
 def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool, sets: list[str] | None = None,
                 suffix: str = "") -> dict:
     """PPO on the env reward with the rlhp arms' settings (and their `--set`, e.g. env options)."""
-    from learner.algo import build_ppo_config
+    from learner.algo import build_algo_config
 
     cfg = mujoco_config(MUJOCO[task], steps, 4, seed, runs_dir, f"{task}-true{suffix}-n{steps}-s{seed}", {}, sets)
     rl = cfg.rl
-    learned = build_ppo_config(cfg.env.env_id, "127.0.0.1:1", algo=rl.algo, num_env_runners=rl.num_env_runners,
+    learned = build_algo_config(cfg.env.env_id, "127.0.0.1:1", algo=rl.algo, num_env_runners=rl.num_env_runners,
                                num_envs_per_env_runner=rl.num_envs_per_env_runner, num_learners=rl.num_learners,
                                env_opts=cfg.env_options, seed=seed, **dict(rl.overrides))
     algo = true_reward_config(learned).build_algo()

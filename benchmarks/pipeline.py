@@ -4,7 +4,7 @@
     python benchmarks/pipeline.py --envs hopper --iterations 6
     python benchmarks/pipeline.py --quick                  # 2 measured iterations per config
 
-Both configs come from the same `learner.algo.build_ppo_config(...)` call, so PPO settings, model,
+Both configs come from the same `learner.algo.build_algo_config(...)` call, so PPO settings, model,
 batch size, env runners and seeds are identical. They differ only in what the pipeline adds:
 
 - **learned**: `actors.envs.RLlibEnv` (reward 0.0 to RLlib, true reward in the info),
@@ -53,14 +53,17 @@ sys.path.insert(0, str(ROOT))
 
 ENVS = {"hopper": "Hopper-v5", "pong": "ALE/Pong-v5"}
 
-# Small but realistic RLlib setups that fit 2 CPU cores.
-SETUPS: dict[str, dict[str, Any]] = {
-    # MuJoCo preset of `rlhp train` (learner.experiment): sampling in the driver, batch 2048.
-    "Hopper-v5": dict(num_env_runners=0, num_envs_per_env_runner=1),
-    # Atari preset of `rlhp train`: one remote env runner with 4 vectorised envs, rollout fragment
-    # 128, train batch max(1024, 128·4) = 1024, 4 epochs of minibatch 256, RLlib's default CNN.
-    "ALE/Pong-v5": dict(num_env_runners=1, num_envs_per_env_runner=4),
-}
+
+
+def setup_for(env_id: str, sets: list[str] | None = None) -> dict[str, Any]:
+    """The RLlib setup `rlhp train --env ENV_ID` uses (its default preset's `rl` section), with
+    `--set rl.FIELD=VALUE` / `rl.overrides.KEY=VALUE` changes: algo, env runners, envs per runner,
+    learners and the RLlib overrides (batch, minibatch, epochs, ...)."""
+    from learner import experiment
+
+    rl = experiment.resolve(env_id, None, sets=list(sets or [])).rl
+    return dict(algo=rl.algo, num_env_runners=rl.num_env_runners, num_envs_per_env_runner=rl.num_envs_per_env_runner,
+                num_learners=rl.num_learners, **dict(rl.overrides))
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,7 +92,7 @@ class TrueRewardEnv(gym.Wrapper):
 
 
 def true_reward_config(config: Any) -> Any:
-    """A copy of a `build_ppo_config` result that trains on the true reward: `TrueRewardEnv`, no
+    """A copy of a `build_algo_config` result that trains on the true reward: `TrueRewardEnv`, no
     segment callbacks, no learned-reward connector. Everything else (PPO settings, model, env
     runners, seed) is unchanged."""
     from ray.rllib.callbacks.callbacks import RLlibCallback
@@ -306,7 +309,7 @@ def summarize(rows: list[dict]) -> dict:
 def bench_env(env_id: str, iterations: int, args: argparse.Namespace) -> dict:
     import torch
 
-    from learner.algo import build_ppo_config
+    from learner.algo import build_algo_config
 
     torch.set_num_threads(1)
     workdir = Path(tempfile.mkdtemp(prefix="rlhp_pipeline_"))
@@ -314,8 +317,8 @@ def bench_env(env_id: str, iterations: int, args: argparse.Namespace) -> dict:
     query_address, token = q.split("\t")
     algos: dict[str, Any] = {}
     try:
-        setup = dict(SETUPS[env_id])
-        learned_cfg = build_ppo_config(env_id, reward_address, query_address=query_address, query_token=token,
+        setup = setup_for(env_id, args.set)
+        learned_cfg = build_algo_config(env_id, reward_address, query_address=query_address, query_token=token,
                                        experiment="bench", seed=args.seed, **setup)
         configs = {"true": true_reward_config(learned_cfg), "learned": learned_cfg}
         timers, pids = {}, {}
@@ -401,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--query-disagreement", action="store_true",
                    help="give the query service the reward address (disagreement-based selection)")
+    p.add_argument("--set", action="append", default=[], metavar="rl.FIELD=VALUE",
+                   help="change the preset's RLlib setup, e.g. rl.num_envs_per_env_runner=8 or "
+                        "rl.overrides.minibatch_size=256 (repeatable; both configs get it)")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     iterations = 2 if args.quick else args.iterations

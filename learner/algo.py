@@ -1,6 +1,6 @@
 """RLlib algorithm configs for training a policy on the learned reward (new API stack, RLlib 2.60).
 
-`build_ppo_config` wires the parts:
+`build_algo_config` wires the parts:
 
 - env: `actors.envs.RLlibEnv` (every env wrapped in `TrueRewardToInfo`: RLlib sees reward
   0.0), env id and options in ``env_config``;
@@ -111,7 +111,7 @@ def _route(config: AlgorithmConfig, overrides: dict[str, Any]) -> None:
         raise TypeError(f"unknown algorithm settings: {', '.join(sorted(left))}")
 
 
-def build_ppo_config(
+def build_algo_config(
     env_id: str,
     reward_address_or_factory: BackendSpec,
     *,

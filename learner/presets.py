@@ -5,7 +5,7 @@ A preset has two parts, both looked up by the names here:
 - the experiment settings (step and label budgets, reward-model and schedule settings, RL
   overrides): `learner.experiment.preset(name, env_id)`, the `ExperimentConfig` the run saves;
 - the RLlib hyper-parameters and network of the env's family (`RL_SETTINGS`, `MODEL_CONFIGS`),
-  which `learner.algo.build_ppo_config` starts from; a preset's `rl.overrides` go on top.
+  which `learner.algo.build_algo_config` starts from; a preset's `rl.overrides` go on top.
 
 `preset_for(env_id)` picks the family (and so the default preset) from the env id. No Ray here, so
 the command line and the config code can read the table without importing RLlib.

@@ -313,10 +313,10 @@ class Trainer:
         self._owns_ray = True
 
     def build_algo(self) -> None:
-        from learner.algo import build_ppo_config
+        from learner.algo import build_algo_config
 
         rl = self.cfg.rl
-        config = build_ppo_config(
+        config = build_algo_config(
             self.cfg.env.env_id, self.reward_address, algo=rl.algo,
             num_env_runners=rl.num_env_runners, num_envs_per_env_runner=rl.num_envs_per_env_runner,
             num_learners=rl.num_learners, env_opts=self.cfg.env_options,

@@ -229,7 +229,7 @@ def test_callbacks_on_an_env_runner_cut_segments_and_strip_frames():
     torch.set_num_threads(1)
     from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
 
-    from learner.algo import build_ppo_config
+    from learner.algo import build_algo_config
 
     got: list[SegmentRecord] = []
 
@@ -240,7 +240,7 @@ def test_callbacks_on_an_env_runner_cut_segments_and_strip_frames():
             got.extend(records)
             Sink.sent += len(records)
 
-    config = build_ppo_config("ALE/Pong-v5", lambda: None, seed=0, segment_fraction=1.0,
+    config = build_algo_config("ALE/Pong-v5", lambda: None, seed=0, segment_fraction=1.0,
                               streamer_factory=Sink, experiment="pong-test", env_opts={"noop_max": 0})
     runner = SingleAgentEnvRunner(config=config)
     try:

@@ -1,5 +1,5 @@
 """An env runner dies during `rlhp train` (SIGKILL to its Ray actor process): RLlib starts a new
-one (`restart_failed_env_runners`, on in `learner.algo.build_ppo_config`), the run reaches its step
+one (`restart_failed_env_runners`, on in `learner.algo.build_algo_config`), the run reaches its step
 budget, and the new runner streams segments like the old one did."""
 
 from __future__ import annotations

@@ -131,12 +131,12 @@ class BatchSpy:
 
 
 def _tiny_config(reward, **kw):
-    from learner.algo import build_ppo_config
+    from learner.algo import build_algo_config
 
     opts = dict(seed=0, train_batch_size_per_learner=400, minibatch_size=100, num_epochs=2,
                 segment_fraction=0.5)
     opts.update(kw)
-    return build_ppo_config("rlhp/FixedCartPole-v0", reward, **opts)
+    return build_algo_config("rlhp/FixedCartPole-v0", reward, **opts)
 
 
 def test_reward_version_is_read_where_the_connector_logs_it():
