@@ -67,8 +67,8 @@ def rate(fn, obs, act, min_seconds: float) -> tuple[float, float]:
 
 
 def measure(name: str, space: Space, batches: list[int], repeats: int, min_seconds: float,
-            members: int, chunk_rows: int | None) -> list[dict]:
-    overrides = {"members": members}
+            members: int, chunk_rows: int | None, device: str = "cpu") -> list[dict]:
+    overrides = {"members": members, "device": device}
     if chunk_rows:  # the same forward-pass size in-process and per streamed chunk
         overrides.update(mlp_chunk=chunk_rows, cnn_chunk=chunk_rows)
     model = RewardModel(space, RewardConfig.for_space(space, **overrides))
@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, help="repeats per cell (default 5; --quick: 3)")
     p.add_argument("--seconds", type=float, help="minimum seconds per measurement (default 1.0; --quick: 0.3)")
     p.add_argument("--members", type=int, default=3, help="ensemble members (default 3)")
+    p.add_argument("--device", default="cpu", help="torch device of the ensemble: cpu (default), cuda, cuda:N")
     p.add_argument("--models", default="mlp,cnn", help="comma-separated subset of: mlp, cnn")
     p.add_argument("--chunk-rows", type=int,
                    help="transitions per forward pass in the core AND per streamed chunk of the client "
@@ -144,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     for key in args.models.split(","):
         name, spec = MODELS[key.strip()]
         sizes = [int(s) for s in getattr(args, f"{key.strip()}_batches").split(",")]
-        rows += measure(name, Space.parse(spec), sizes, repeats, seconds, args.members, args.chunk_rows)
+        rows += measure(name, Space.parse(spec), sizes, repeats, seconds, args.members, args.chunk_rows, args.device)
     print(table(rows))
-    print(f"\n{machine()}; {repeats} repeats x >= {seconds:g} s per cell; tr/s and ratio: medians")
+    print(f"\n{machine()}; device {args.device}; {repeats} repeats x >= {seconds:g} s per cell; tr/s and ratio: medians")
     return 0
 
 

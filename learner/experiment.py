@@ -42,6 +42,8 @@ class RLConfig:
     """Vectorised envs per env runner."""
     num_learners: int = 0
     """Remote learners; 0 trains in the driver process."""
+    num_gpus_per_learner: float = 0.0
+    """GPUs of each learner (of the driver's learner with 0 remote ones); `rlhp train --device cuda` sets 1."""
     overrides: dict = field(default_factory=dict)
     """RLlib settings passed through as they are (`lr`, `train_batch_size_per_learner`, ...)."""
 
@@ -209,6 +211,21 @@ def preset(name: str | None, env_id: str) -> ExperimentConfig:
             run=RunConfig(max_env_steps=steps, pretrain_steps=30),
         )
     raise configs.ConfigError(f"unknown preset {name!r}; one of {', '.join(PRESETS)}")
+
+
+def device_changes(device: str | None) -> dict:
+    """Config changes for `--device`: none on a CPU (the presets' settings), else the reward
+    model's torch device and one GPU for the learner. "auto" is cuda when torch sees a GPU."""
+    device = (device or "auto").strip().lower()
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return {}
+    if not device.startswith("cuda"):
+        raise configs.ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+    return {"reward": {"device": device}, "rl": {"num_gpus_per_learner": 1.0}}
 
 
 def resolve(env_id: str, preset_name: str | None = None, file: str | None = None,

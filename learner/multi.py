@@ -107,9 +107,14 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[GroupExperiment]]:
     if args.labels is not None:
         sets.append(f"query.label_budget={args.labels}")
     experiments = []
+    device = experiment.device_changes(getattr(args, "device", None))
+    if device:  # the games share the GPU: each learner asks Ray for its part of it
+        device["rl"]["num_gpus_per_learner"] = 1.0 / len(envs)
     for i, (env_id, name) in enumerate(zip(envs, names)):
         cfg = experiment.resolve(env_id, args.preset, args.config, sets, name=name, runs_dir=str(group),
                                  max_env_steps=args.steps, labelers=args.labelers)
+        if device:
+            cfg = configs.apply(cfg, device)
         if getattr(args, "goal", None):
             cfg = configs.apply(cfg, {"env": {"goal_text": args.goal}})
         # one seed per game, so that two copies of a game are two different experiments

@@ -117,7 +117,7 @@ class Trainer:
         if self.reward_address is None:
             ckpt = self.run_dir / "reward" / "reward_model.pt"
             if self.resume and ckpt.exists():
-                self.model = RewardModel.load(str(ckpt))
+                self.model = RewardModel.load(str(ckpt), device=self.cfg.reward.device)
                 self.say(f"reward model restored from {ckpt} (version {self.model.stats().model_version})")
             else:
                 space = self._space()
@@ -324,7 +324,9 @@ class Trainer:
             segment_fraction=self.cfg.env.segment_fraction, query_address=self.query_address,
             query_token=self.producer_token, seed=self.cfg.run.seed,
             segment_flush_s=30.0 if self.lockstep else 0.0,
-            evaluation_interval=self.cfg.run.eval_every or None, **dict(rl.overrides))
+            evaluation_interval=self.cfg.run.eval_every or None,
+            **({"num_gpus_per_learner": rl.num_gpus_per_learner} if rl.num_gpus_per_learner else {}),
+            **dict(rl.overrides))
         self.algo = config.build_algo()
         policy = policy_dir(self.run_dir)
         if self.resume and policy is not None:

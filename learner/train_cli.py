@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--goal", metavar="TEXT",
                    help="the task in words, shown to labelers above the clips (env.goal_text; default per "
                         "env family, e.g. Pong: \"win points ...\", Hopper: \"move forward fast without falling\")")
+    p.add_argument("--device", default="auto",
+                   help="where the policy learner and the reward model compute: auto (default: cuda when torch "
+                        "sees a GPU, else cpu), cpu, cuda, cuda:N (the reward model's GPU; RLlib places the learner)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto) instead of a local one")
     p.add_argument("--reward-address", help="use a running reward service (HOST:PORT)")
@@ -67,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, Path, bool]:
+    cfg, run_dir, resume = _config_from_args(args)
+    changes = experiment.device_changes(getattr(args, "device", None))
+    return (configs.apply(cfg, changes) if changes else cfg), run_dir, resume
+
+
+def _config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, Path, bool]:
     if args.resume:
         run_dir = Path(args.resume)
         saved = run_dir / "config.yaml"

@@ -45,3 +45,26 @@ def test_the_goal_in_words_defaults_per_env_family_and_can_be_given(tmp_path):
     assert cfg.env.goal_text == "hop: high, not far" and cfg.goal_text == "hop: high, not far"
     configs.save(cfg, tmp_path / "config.yaml")
     assert experiment.load(str(tmp_path / "config.yaml")).goal_text == "hop: high, not far"
+
+
+def test_device_puts_the_learner_and_the_reward_model_on_a_gpu_and_cpu_changes_nothing(tmp_path, monkeypatch):
+    import torch
+
+    from learner.train_cli import build_parser, config_from_args
+
+    def cfg_for(*extra: str):
+        args = build_parser().parse_args(["--env", "Hopper-v5", "--runs-dir", str(tmp_path), *extra])
+        return config_from_args(args)[0]
+
+    plain = experiment.resolve("Hopper-v5", None, runs_dir=str(tmp_path))
+    assert cfg_for("--device", "cpu") == plain
+    cuda = cfg_for("--device", "cuda:1")
+    assert cuda.reward.device == "cuda:1" and cuda.rl.num_gpus_per_learner == 1.0
+    assert (cuda.rl.overrides, cuda.rl.num_env_runners) == (plain.rl.overrides, plain.rl.num_env_runners)
+    # auto: the GPU when torch sees one, else the CPU settings as they are
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cfg_for() == plain
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cfg_for().reward.device == "cuda"
+    with pytest.raises(configs.ConfigError, match="--device must be"):
+        cfg_for("--device", "tpu")

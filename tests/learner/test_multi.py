@@ -43,6 +43,9 @@ def test_plan_names_seeds_and_dispatch(tmp_path):
     assert again == group and [g.cfg.run.max_env_steps for g in games2] == [2000, 2000]
     with pytest.raises(multi.TrainError, match="--resume"):
         multi.plan(_args(tmp_path))  # the group exists
+    # --device cuda: the games share the GPU, each learner asks for its part
+    _, on_gpu = multi.plan(_args(tmp_path, "--name", "gpu", "--device", "cuda"))
+    assert [(g.cfg.reward.device, g.cfg.rl.num_gpus_per_learner) for g in on_gpu] == [("cuda", 0.5)] * 2
     # CLI: no shared reward address, and a foreign query service needs a producer token
     assert train_main(["--env", ENV, "--env", ENV, "--reward-address", "127.0.0.1:1"]) == 2
 
