@@ -358,6 +358,9 @@ class Trainer:
         ev = _find(result, "evaluation", "env_runners", "true_episode_return")
         if not (isinstance(ev, float) and math.isnan(ev)):
             true_ret = ev
+        if isinstance(true_ret, float) and math.isnan(true_ret):  # no episode ended (long ones, many envs):
+            true_ret = self._true_return  # the mean of the last episodes is the one reported before
+        self._true_return = true_ret
         rows_labels = p.labels
         row = dict(
             iteration=self.iteration, time_s=round(time.time() - self._t0, 1), env_steps=self.env_steps,
@@ -416,7 +419,7 @@ class Trainer:
         self.build_algo()
         reattach_library_logs()
         metrics = MetricsWriter(self.run_dir, resume=self.resume, stream=None)
-        self._labels_before = 0
+        self._labels_before, self._true_return = 0, math.nan
         start_steps = self.env_steps
         try:
             while self.env_steps < self.cfg.run.max_env_steps:

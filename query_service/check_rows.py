@@ -109,23 +109,24 @@ class CheckRows:
         return {r[0] for r in c.execute("SELECT name FROM labelers WHERE excluded=1")}
 
     @staticmethod
-    def exclude_labeler(c: sqlite3.Connection, labeler: str) -> int:
-        """Withhold `labeler`'s labels (those forwarded are to be withdrawn); returns how many."""
-        if c.execute("UPDATE labelers SET excluded=1 WHERE name=?", (labeler,)).rowcount == 0:
+    def _mark(c: sqlite3.Connection, labeler: str, excluded: int, moves: tuple[tuple[int, int], ...]) -> int:
+        """Set `labelers.excluded` and move `labeler`'s labels between forwarding states
+        (`moves`: (from, to) pairs); returns how many labels moved."""
+        if c.execute("UPDATE labelers SET excluded=? WHERE name=?", (excluded, labeler)).rowcount == 0:
             raise NotFound(f"no labeler named {labeler!r}")
-        n = c.execute("UPDATE labels SET forwarded=? WHERE labeler=? AND forwarded=0", (WITHHELD, labeler)).rowcount
-        return n + c.execute("UPDATE labels SET forwarded=? WHERE labeler=? AND forwarded=1",
-                             (WITHDRAW, labeler)).rowcount
+        return sum(c.execute("UPDATE labels SET forwarded=? WHERE labeler=? AND forwarded=?", (to, labeler, old)
+                             ).rowcount for old, to in moves)
 
-    @staticmethod
-    def include_labeler(c: sqlite3.Connection, labeler: str) -> int:
+    @classmethod
+    def exclude_labeler(cls, c: sqlite3.Connection, labeler: str) -> int:
+        """Withhold `labeler`'s labels (those forwarded are to be withdrawn); returns how many."""
+        return cls._mark(c, labeler, 1, ((0, WITHHELD), (1, WITHDRAW)))
+
+    @classmethod
+    def include_labeler(cls, c: sqlite3.Connection, labeler: str) -> int:
         """Undo `exclude_labeler`: withheld labels are sent (again); returns how many labels that concerns.
         The labeler is marked -1: exempt from automatic exclusion (someone decided so by hand)."""
-        if c.execute("UPDATE labelers SET excluded=-1 WHERE name=?", (labeler,)).rowcount == 0:
-            raise NotFound(f"no labeler named {labeler!r}")
-        n = c.execute("UPDATE labels SET forwarded=0 WHERE labeler=? AND forwarded=?", (labeler, WITHHELD)).rowcount
-        return n + c.execute("UPDATE labels SET forwarded=1 WHERE labeler=? AND forwarded=?",
-                             (labeler, WITHDRAW)).rowcount
+        return cls._mark(c, labeler, -1, ((WITHHELD, 0), (WITHDRAW, 1)))
 
     @staticmethod
     def to_withdraw(c: sqlite3.Connection, experiment: str, n: int) -> list[str]:

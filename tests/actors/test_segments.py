@@ -263,3 +263,56 @@ def test_callbacks_on_an_env_runner_cut_segments_and_strip_frames():
                                       [i.get("true_reward", 0.0) for i in ep.get_infos()[1:26]])
     finally:
         runner.stop()
+
+
+@pytest.mark.parametrize("env_id,media", [("ALE/Pong-v5", "frames"), ("Hopper-v5", "qpos")])
+def test_a_vectorised_env_runner_cuts_each_sub_env_into_its_own_segments(env_id, media):
+    """num_envs_per_env_runner=4: every segment is L consecutive steps of one sub-env's episode
+    (observations, actions, true rewards and clip media of the same steps), none mixes two envs."""
+    import torch
+
+    torch.set_num_threads(1)
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    from actors.envs import default_segment_length
+    from learner.algo import build_algo_config
+
+    n = default_segment_length(env_id)  # 25 Atari, 60 MuJoCo
+
+    got: list[SegmentRecord] = []
+
+    class Sink:
+        sent = dropped = 0
+
+        def put(self, records):
+            got.extend(records)
+
+    opts = {"noop_max": 0} if media == "frames" else {}
+    config = build_algo_config(env_id, lambda: None, seed=0, segment_fraction=1.0, streamer_factory=Sink,
+                              experiment="vec", env_opts=opts, num_envs_per_env_runner=4)
+    runner = SingleAgentEnvRunner(config=config)
+    try:
+        episodes = runner.sample(num_timesteps=4 * (2 * n + 10), random_actions=True)
+        assert len({e.id_ for e in episodes}) >= 4  # one episode (chunk) per sub-env at least
+        for ep in episodes:
+            assert all(media not in i and "rgb" not in i for i in ep.get_infos())  # media left in the runner
+            assert all(r == 0.0 for r in ep.get_rewards())
+        # 2n + 10 steps of each of 4 envs: 2 whole windows per env
+        assert len(got) == sum(len(e) // n for e in episodes) == 8
+        for seg in got:
+            assert seg.observations.shape[0] == seg.actions.shape[0] == seg.true_rewards.shape[0] == n
+            assert getattr(seg, media).shape[0] == n
+            owners = []
+            for ep in episodes:
+                obs = np.stack(ep.get_observations()[:len(ep)])
+                for start in range(0, len(ep) - n + 1):
+                    if np.array_equal(obs[start:start + n], seg.observations):
+                        owners.append((ep, start))
+            assert len(owners) == 1, "a segment is a window of exactly one sub-env's episode"
+            ep, start = owners[0]
+            np.testing.assert_array_equal(seg.actions, np.asarray(ep.get_actions()[start:start + n]))
+            np.testing.assert_array_equal(
+                seg.true_rewards,
+                np.float32([i.get("true_reward", 0.0) for i in ep.get_infos()[start + 1:start + n + 1]]))
+    finally:
+        runner.stop()
