@@ -3,6 +3,10 @@
     python benchmarks/pipeline.py                          # Hopper-v5 and ALE/Pong-v5, 4 iterations each
     python benchmarks/pipeline.py --envs hopper --iterations 6
     python benchmarks/pipeline.py --quick                  # 2 measured iterations per config
+    python benchmarks/pipeline.py --envs hopper --quick --set rl.num_envs_per_env_runner=8 \
+        --set rl.overrides.minibatch_size=256              # another RLlib setup than the preset's
+
+The RLlib setup is the one `rlhp train` uses for the env (its default preset's `rl` section).
 
 Both configs come from the same `learner.algo.build_algo_config(...)` call, so PPO settings, model,
 batch size, env runners and seeds are identical. They differ only in what the pipeline adds:
