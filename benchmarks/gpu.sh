@@ -6,13 +6,14 @@
 # then one table. Results go to $OUT (default: ./gpu_results).
 #
 #     bash benchmarks/gpu.sh                 # everything
-#     STEPS=4000 bash benchmarks/gpu.sh      # a shorter Pong run
+#     STEPS=2000 bash benchmarks/gpu.sh      # a shorter Pong run (default 4000)
+# Time limits: 2 x 90 s scoring + 2 x 150 s Pong, so the whole check fits a 10-minute call.
 #
 # Needs the project installed with a CUDA build of torch (scripts/install.sh installs the CPU wheel).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-gpu_results}"
-STEPS="${STEPS:-8000}"
+STEPS="${STEPS:-4000}"
 mkdir -p "$OUT"
 export MUJOCO_GL="${MUJOCO_GL:-egl}" PYTHONUNBUFFERED=1
 
@@ -24,14 +25,14 @@ EOF
 
 echo "== 1. reward scoring: cuda vs cpu"
 for dev in cuda cpu; do
-  timeout 240 python benchmarks/reward_scoring.py --quick --device "$dev" --threads 4 \
+  timeout 90 python benchmarks/reward_scoring.py --quick --device "$dev" --threads 4 \
     > "$OUT/scoring_$dev.md" 2> "$OUT/scoring_$dev.log" || echo "scoring on $dev failed (see $OUT/scoring_$dev.log)"
 done
 
 echo "== 2. Pong, $STEPS env steps: --device cuda vs --device cpu"
 for dev in cuda cpu; do
   rm -rf "$OUT/runs_$dev"
-  timeout 300 rlhp train --env ALE/Pong-v5 --steps "$STEPS" --device "$dev" --runs-dir "$OUT/runs_$dev" \
+  timeout 150 rlhp train --env ALE/Pong-v5 --steps "$STEPS" --device "$dev" --runs-dir "$OUT/runs_$dev" \
     --name pong > "$OUT/pong_$dev.log" 2>&1 || echo "Pong on $dev stopped early (see $OUT/pong_$dev.log)"
 done
 

@@ -7,7 +7,8 @@
 
 Prints, per arm and seed, the true return (mean of the last 3 reported values) reached after 60, 120, …
 seconds and after 50k, 100k, … env steps, and draws both curves (return vs wall seconds, return vs
-env steps). Iterations in which no episode ended report no return (NaN) and are skipped.
+env steps). The true-reward arm's iterations in which no episode ended report no return (NaN) and
+are skipped; the rlhp arms' rows (from `metrics.csv`) repeat the last mean there instead.
 """
 
 from __future__ import annotations

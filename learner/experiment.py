@@ -197,7 +197,7 @@ def preset(name: str | None, env_id: str) -> ExperimentConfig:
             env=env,
             # 8 vectorised envs in the driver: RLlib's per-step Python is the cost, not MuJoCo (0.7 ms
             # a step against 1.8 with one env); Hopper with 700 labels learned on 2 of 2 seeds and ran
-            # 1.8x faster than with one env (docs/benchmarks.md, "Presets by return per second")
+            # faster than with one env (docs/benchmarks.md, "Presets by return per second")
             rl=RLConfig(num_envs_per_env_runner=8),
             reward=RewardConfig(target_std=1.0),
             query=QueryConfig.mujoco(label_budget=700, total_env_steps=float(steps)),
@@ -217,17 +217,21 @@ def preset(name: str | None, env_id: str) -> ExperimentConfig:
     raise configs.ConfigError(f"unknown preset {name!r}; one of {', '.join(PRESETS)}")
 
 
-def device_changes(device: str | None) -> dict:
-    """Config changes for `--device`: none on a CPU (the presets' settings), else the reward
-    model's torch device and one GPU for the learner. "auto" is cuda when torch sees a GPU."""
-    device = (device or "auto").strip().lower()
+def device_changes(device: str) -> dict:
+    """Config changes for `rlhp train --device`: the reward model's torch device and the learner's
+    GPU. "cpu" sets both to the CPU; "auto" is "cuda" when torch sees a GPU, else no change."""
+    import re
+
+    device = device.strip().lower()
     if device == "auto":
         import torch
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        if not torch.cuda.is_available():
+            return {}
+        device = "cuda"
     if device == "cpu":
-        return {}
-    if not device.startswith("cuda"):
+        return {"reward": {"device": "cpu"}, "rl": {"num_gpus_per_learner": 0.0}}
+    if not re.fullmatch(r"cuda(:\d+)?", device):
         raise configs.ConfigError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
     return {"reward": {"device": device}, "rl": {"num_gpus_per_learner": 1.0}}
 

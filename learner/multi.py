@@ -107,8 +107,8 @@ def plan(args: argparse.Namespace) -> tuple[Path, list[GroupExperiment]]:
     if args.labels is not None:
         sets.append(f"query.label_budget={args.labels}")
     experiments = []
-    device = experiment.device_changes(getattr(args, "device", None))
-    if device:  # the games share the GPU: each learner asks Ray for its part of it
+    device = experiment.device_changes(getattr(args, "device", None) or "auto")
+    if device.get("rl", {}).get("num_gpus_per_learner"):  # the games share the GPU: each learner asks for 1/N
         device["rl"]["num_gpus_per_learner"] = 1.0 / len(envs)
     for i, (env_id, name) in enumerate(zip(envs, names)):
         cfg = experiment.resolve(env_id, args.preset, args.config, sets, name=name, runs_dir=str(group),
@@ -191,12 +191,16 @@ def _trial(config: dict, shared: dict) -> None:
 
 
 def _resources(experiments: dict[str, GroupExperiment]) -> Callable[[dict], Any]:
-    """Per-trial placement group: the trial's process (learner, reward model) plus its env runners."""
+    """Per-trial placement group: the trial's process (learner, reward model) plus its env runners
+    and remote learners; the learner's GPU share (`rl.num_gpus_per_learner`) goes where it runs."""
     from ray import tune
 
     def request(config: dict) -> Any:
         rl = experiments[config["experiment"]].cfg.rl
-        return tune.PlacementGroupFactory([{"CPU": 1}] + [{"CPU": 1}] * (rl.num_env_runners + rl.num_learners))
+        gpu = {"GPU": rl.num_gpus_per_learner} if rl.num_gpus_per_learner else {}
+        trial = {"CPU": 1, **(gpu if rl.num_learners == 0 else {})}
+        return tune.PlacementGroupFactory([trial] + [{"CPU": 1}] * rl.num_env_runners
+                                          + [{"CPU": 1, **gpu}] * rl.num_learners)
 
     return request
 

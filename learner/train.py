@@ -325,8 +325,8 @@ class Trainer:
             query_token=self.producer_token, seed=self.cfg.run.seed,
             segment_flush_s=30.0 if self.lockstep else 0.0,
             evaluation_interval=self.cfg.run.eval_every or None,
-            **({"num_gpus_per_learner": rl.num_gpus_per_learner} if rl.num_gpus_per_learner else {}),
-            **dict(rl.overrides))
+            **{**({"num_gpus_per_learner": rl.num_gpus_per_learner} if rl.num_gpus_per_learner else {}),
+               **dict(rl.overrides)})
         self.algo = config.build_algo()
         policy = policy_dir(self.run_dir)
         if self.resume and policy is not None:

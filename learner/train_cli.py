@@ -58,9 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--goal", metavar="TEXT",
                    help="the task in words, shown to labelers above the clips (env.goal_text; default per "
                         "env family, e.g. Pong: \"win points ...\", Hopper: \"move forward fast without falling\")")
-    p.add_argument("--device", default="auto",
-                   help="where the policy learner and the reward model compute: auto (default: cuda when torch "
-                        "sees a GPU, else cpu), cpu, cuda, cuda:N (the reward model's GPU; RLlib places the learner)")
+    p.add_argument("--device",
+                   help="where the policy learner and the reward model compute: auto (the default for a new run: "
+                        "cuda when torch sees a GPU, else cpu), cpu, cuda, cuda:N (the reward model's GPU; RLlib "
+                        "places the learner); a resumed run keeps its saved device unless this is given")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto) instead of a local one")
     p.add_argument("--reward-address", help="use a running reward service (HOST:PORT)")
@@ -71,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> tuple[ExperimentConfig, Path, bool]:
     cfg, run_dir, resume = _config_from_args(args)
-    changes = experiment.device_changes(getattr(args, "device", None))
+    device = getattr(args, "device", None)
+    at_default = cfg.reward.device == "cpu" and not cfg.rl.num_gpus_per_learner
+    if device is None and (resume or not at_default):
+        return cfg, run_dir, resume  # a resumed run, or one whose config chose a device, keeps it
+    changes = experiment.device_changes(device or "auto")
     return (configs.apply(cfg, changes) if changes else cfg), run_dir, resume
 
 

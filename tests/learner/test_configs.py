@@ -66,5 +66,16 @@ def test_device_puts_the_learner_and_the_reward_model_on_a_gpu_and_cpu_changes_n
     assert cfg_for() == plain
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert cfg_for().reward.device == "cuda"
-    with pytest.raises(configs.ConfigError, match="--device must be"):
-        cfg_for("--device", "tpu")
+    for bad in ("tpu", "cudax", "cuda:"):
+        with pytest.raises(configs.ConfigError, match="--device must be"):
+            cfg_for("--device", bad)
+    # a device chosen in the config is kept by "auto"
+    assert cfg_for("--set", "reward.device=cuda:1").reward.device == "cuda:1"
+    # a resumed run keeps its saved device unless --device is given
+    run = tmp_path / "gpu-run"
+    run.mkdir()
+    configs.save(cuda, run / "config.yaml")
+    resume = lambda *extra: config_from_args(build_parser().parse_args(["--resume", str(run), *extra]))[0]  # noqa: E731
+    assert resume().reward.device == "cuda:1"
+    back = resume("--device", "cpu")
+    assert back.reward.device == "cpu" and back.rl.num_gpus_per_learner == 0.0

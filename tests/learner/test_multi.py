@@ -46,6 +46,9 @@ def test_plan_names_seeds_and_dispatch(tmp_path):
     # --device cuda: the games share the GPU, each learner asks for its part
     _, on_gpu = multi.plan(_args(tmp_path, "--name", "gpu", "--device", "cuda"))
     assert [(g.cfg.reward.device, g.cfg.rl.num_gpus_per_learner) for g in on_gpu] == [("cuda", 0.5)] * 2
+    # ... and Ray places it: the trial's own bundle (its learner runs in the trial process) holds it
+    bundles = multi._resources({g.name: g for g in on_gpu})({"experiment": on_gpu[0].name}).bundles
+    assert bundles[0] == {"CPU": 1, "GPU": 0.5} and all("GPU" not in b for b in bundles[1:])
     # CLI: no shared reward address, and a foreign query service needs a producer token
     assert train_main(["--env", ENV, "--env", ENV, "--reward-address", "127.0.0.1:1"]) == 2
 
