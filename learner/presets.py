@@ -57,7 +57,11 @@ RL_SETTINGS: dict[str, dict[str, Any]] = {
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "classic": dict(fcnet_hiddens=[64, 64], fcnet_activation="tanh", vf_share_layers=False),
     "mujoco": dict(fcnet_hiddens=[64, 64], fcnet_activation="tanh", vf_share_layers=False),
-    # RLlib's default 84×84 CNN ([16,8,4], [32,4,2], [256,11,1]) and a shared encoder.
-    "atari": dict(conv_activation="relu", head_fcnet_hiddens=[256], vf_share_layers=True),
+    # RLlib's 84×84 CNN ([16,8,4], [32,4,2], [256,11,1]) with a shared encoder, its last layer "valid"
+    # as intended (1×1×256 out). RLlib 2.60's default pads every layer "same", so the last one gave
+    # 11×11×256 = 30,976 features into two 8M-weight heads: 3.4 s per forward+backward of 256 frames
+    # on one core, ~70 s of learner per 1,024-step Pong iteration (docs/benchmarks.md).
+    "atari": dict(conv_filters=[[16, 8, 4], [32, 4, 2], [256, 11, 1, "valid"]], conv_activation="relu",
+                  head_fcnet_hiddens=[256], vf_share_layers=True),
 }
 """RLlib `DefaultModelConfig` fields of each env family."""

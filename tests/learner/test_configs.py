@@ -79,3 +79,22 @@ def test_device_puts_the_learner_and_the_reward_model_on_a_gpu_and_cpu_changes_n
     assert resume().reward.device == "cuda:1"
     back = resume("--device", "cpu")
     assert back.reward.device == "cpu" and back.rl.num_gpus_per_learner == 0.0
+
+
+def test_the_atari_policy_is_the_small_cnn_its_last_conv_valid():
+    """RLlib 2.60 pads every conv "same" unless told: the last 11×11 layer then gave 30,976 features
+    into 8M-weight heads and made Pong's learner ~10× slower (docs/benchmarks.md)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    from learner.algo import build_algo_config
+
+    runner = SingleAgentEnvRunner(config=build_algo_config("ALE/Pong-v5", lambda: None, seed=0))
+    try:
+        heads = [m for m in runner.module.modules() if isinstance(m, torch.nn.Linear)]
+        assert heads and heads[0].in_features == 256  # 1×1×256 out of the encoder
+        assert sum(p.numel() for p in runner.module.parameters()) < 1_500_000
+    finally:
+        runner.stop()
