@@ -111,11 +111,11 @@ def true_reward_config(config: Any) -> Any:
 
 def ray_init(num_cpus: int = 2) -> None:
     """Local Ray on loopback; env runners can import this directory (for `TrueRewardEnv`)."""
-    import ray
+    from learner.runs import init_local_ray
 
     path = os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-             log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    init_local_ray(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                   log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from typing import Any, Callable
 from learner import configs, experiment
 from learner.experiment import ExperimentConfig
 from learner.labelers import run_token, start_labelers
-from learner.runs import TrainError, token_dir
+from learner.runs import TrainError, init_local_ray, token_dir
 from learner.train import Trainer
 
 log = logging.getLogger("rlhp.multi")
@@ -366,9 +366,9 @@ class MultiRunner:
             ray.init(address=self.ray_address, log_to_driver=False)
         else:
             # every game at once, even on a small machine (the cores are shared, not reserved)
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                     num_cpus=max(os.cpu_count() or 2, need), log_to_driver=False,
-                     configure_logging=True, logging_level=logging.WARNING)
+            init_local_ray(include_dashboard=False, _node_ip_address="127.0.0.1",
+                           num_cpus=max(os.cpu_count() or 2, need), log_to_driver=False,
+                           configure_logging=True, logging_level=logging.WARNING)
         self._owns_ray = True
 
     def run(self) -> dict[str, dict]:

@@ -31,6 +31,36 @@ class TrainError(RuntimeError):
 _library_log: Any = None  # the FileHandler of `library_logs_to`, once set
 
 
+GCS_WAIT_S = "90"  # Ray waits 30 s by default for its GCS to publish its port
+
+
+def init_local_ray(attempts: int = 2, **kwargs: Any) -> None:
+    """`ray.init(address="local", **kwargs)` that survives a slow start on a loaded machine.
+
+    Seen in CI and in stress runs on 2 cores, right after another run's Ray shut down: Ray gave up
+    waiting for its own processes, either the GCS ("Timed out waiting for file .../gcs_server_port_
+    ...", a 30 s wait) or the raylet ("The current node timed out during startup", a fixed 30 s, as
+    a bare `Exception`), and `rlhp train` stopped. So the GCS wait is 90 s (unless
+    `RAY_gcs_server_port_wait_time_s` is set), and a failed start is shut down (which kills the
+    processes it spawned) and tried again with a new session. The last failure is raised as a
+    `RuntimeError` that names the number of attempts."""
+    import logging
+
+    import ray
+
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", GCS_WAIT_S)
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address="local", **kwargs)
+            return
+        except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception for a slow raylet
+            ray.shutdown()
+            if attempt == attempts:
+                raise RuntimeError(f"{e} ({attempts} attempts)") from e
+            logging.getLogger("rlhp.ray").warning("Ray did not start (%s); trying again", e)
+            time.sleep(2.0)
+
+
 def library_logs_to(path: Path) -> None:
     """Send Ray's, RLlib's and Python's warnings (deprecations, "new API stack", gputil...) to the
     file `path` instead of the terminal, where only the run's own progress lines belong.

@@ -26,8 +26,8 @@ from typing import Any, Callable
 from learner.experiment import ExperimentConfig
 from learner.labelers import run_token, start_labelers
 from learner.metrics import MetricsWriter
-from learner.runs import (TrainError, policy_dir, read_state, reattach_library_logs, save_policy_atomically,
-                         stop_on_signals, token_dir, write_state)
+from learner.runs import (TrainError, init_local_ray, policy_dir, read_state, reattach_library_logs,
+                         save_policy_atomically, stop_on_signals, token_dir, write_state)
 
 log = logging.getLogger("rlhp.train")
 
@@ -303,9 +303,9 @@ class Trainer:
             if self.ray_address:
                 ray.init(address=self.ray_address, log_to_driver=False, configure_logging=False)
             else:
-                ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1",
-                         num_cpus=max(2, self.cfg.rl.num_env_runners + 1), log_to_driver=False,
-                         configure_logging=False)  # leave the loggers as the caller set them (rlhp train: a file)
+                init_local_ray(include_dashboard=False, _node_ip_address="127.0.0.1",
+                               num_cpus=max(2, self.cfg.rl.num_env_runners + 1), log_to_driver=False,
+                               configure_logging=False)  # the loggers stay as the caller set them (a file)
         except (RuntimeError, ConnectionError, TimeoutError) as e:
             where = f"the Ray cluster at {self.ray_address}" if self.ray_address else "a local Ray instance"
             raise TrainError(f"could not start {where}: {e} (a loaded machine can time out here: "

@@ -12,9 +12,11 @@ import pytest
 def ray_local():
     import ray
 
+    from learner.runs import init_local_ray
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 log_to_driver=False, configure_logging=False)
+        init_local_ray(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+                       log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

@@ -39,7 +39,13 @@ def test_sigterm_checkpoints_and_resume_continues(tmp_path):
         deadline = time.time() + 600
         while _rows(run_dir) < 2 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.5)
-        assert proc.poll() is None and _rows(run_dir) >= 2, "the run did not reach its second iteration"
+        if proc.poll() is not None or _rows(run_dir) < 2:
+            proc.kill()
+            out, _ = proc.communicate(timeout=60)
+            log = run_dir / "logs" / "driver.log"
+            tail = log.read_text()[-3000:] if log.exists() else "(no driver.log)"
+            pytest.fail(f"the run did not reach its second iteration (rc {proc.returncode}):\n{out[-3000:]}\n"
+                        f"--- driver.log ---\n{tail}")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=180)
     finally:
