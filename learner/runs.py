@@ -41,9 +41,11 @@ def init_local_ray(attempts: int = 2, **kwargs: Any) -> None:
     waiting for its own processes, either the GCS ("Timed out waiting for file .../gcs_server_port_
     ...", a 30 s wait) or the raylet ("The current node timed out during startup", a fixed 30 s, as
     a bare `Exception`), and `rlhp train` stopped. So the GCS wait is 90 s (unless
-    `RAY_gcs_server_port_wait_time_s` is set), and a failed start is shut down (which kills the
-    processes it spawned) and tried again with a new session. The last failure is raised as a
-    `RuntimeError` that names the number of attempts."""
+    `RAY_gcs_server_port_wait_time_s` is set), and a failed start is shut down and tried again with
+    a new session. (A node that failed inside `ray.init` is not registered, so `ray.shutdown` cannot
+    stop what it had started; on Linux Ray ties those processes to the driver's life, so they end
+    with it at the latest.) The last failure is raised as a `RuntimeError` that names the number of
+    attempts."""
     import logging
 
     import ray
