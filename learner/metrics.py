@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import sys
 from pathlib import Path
 from typing import Mapping
@@ -44,7 +45,7 @@ class MetricsWriter:
         if self._tb is not None:
             step = int(row.get("env_steps", 0))
             for k, v in row.items():
-                if k in COLUMNS and isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                if k in COLUMNS and isinstance(v, numbers.Real) and math.isfinite(v):
                     self._tb.add_scalar(k, v, step)
             self._tb.flush()
         if self.stream is not None:

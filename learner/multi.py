@@ -29,6 +29,7 @@ import argparse
 import json
 import logging
 import math
+import numbers
 import os
 import sys
 import threading
@@ -163,7 +164,7 @@ def _trial(config: dict, shared: dict) -> None:
     fault = shared.get("fault") or {}
 
     def on_iteration(row: dict) -> None:
-        tune.report({k: float(v) for k, v in row.items() if isinstance(v, (int, float))})
+        tune.report({k: float(v) for k, v in row.items() if isinstance(v, numbers.Real)})
         if fault.get("experiment") == name and row["iteration"] >= int(fault.get("after_iteration", 1)):
             # Fault injection (tests, drills): the process dies once, after a checkpoint exists.
             marker = run_dir / FAULT_MARKER

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 import threading
 import time
@@ -39,6 +40,15 @@ def _find(result: dict, *path: str, default: Any = math.nan) -> Any:
             return default
         node = node[key]
     return node
+
+
+def _count(value: Any) -> int:
+    """A step count from RLlib's results as an int, 0 when missing or not finite. APPO reports its
+    counts as numpy integers, which are not Python ints (with only int/float accepted, an APPO run
+    counted 0 env steps every iteration and never ended)."""
+    if isinstance(value, numbers.Real) and math.isfinite(value):
+        return int(value)
+    return 0
 
 
 class Trainer:
@@ -427,9 +437,11 @@ class Trainer:
                 before = self.env_steps
                 result = self.algo.train()
                 self.iteration += 1
-                sampled = _find(result, "env_runners", NUM_ENV_STEPS_SAMPLED, default=0)
-                sampled = int(sampled) if isinstance(sampled, (int, float)) and math.isfinite(sampled) else 0
-                if sampled == 0:  # e.g. the only env runner died during sample(); RLlib restarts it
+                sampled = _count(_find(result, "env_runners", NUM_ENV_STEPS_SAMPLED, default=0))
+                if sampled == 0 and self.cfg.rl.algo == "appo" and self.env_steps == 0:
+                    # APPO asks remote env runners for samples and trains on those that came back
+                    self.say(f"iteration {self.iteration}: waiting for the env runners' first samples")
+                elif sampled == 0:  # e.g. the only env runner died during sample(); RLlib restarts it
                     self.say(f"iteration {self.iteration}: no env steps came back (an env runner was lost; "
                              "RLlib starts a new one)")
                 self.env_steps += sampled

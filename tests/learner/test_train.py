@@ -90,6 +90,26 @@ def test_reward_steps_per_iteration_trains_in_the_driver_not_in_the_background(t
     assert stats.train_steps == 5 + 7 * summary["iterations"]
 
 
+@pytest.mark.parametrize("runners", [0, 1])
+def test_appo_run_counts_its_env_steps_and_ends(tmp_path, ray_local, runners):
+    """`rl.algo=appo`, in the driver and with a remote env runner sampling beside the learner. APPO
+    reports its step counts as numpy integers, which the run once counted as 0 steps: it never ended."""
+    cfg = experiment.resolve(ENV, "smoke", runs_dir=str(tmp_path),
+                             sets=["rl.algo=appo", f"rl.num_env_runners={runners}", "run.max_env_steps=1500",
+                                   "run.pretrain_steps=5"])
+    run_dir = tmp_path / cfg.experiment
+    summary = _run(cfg, run_dir)
+    assert not [line for line in summary["lines"] if "no env steps came back" in line]
+    assert summary["env_steps"] >= 1500
+    rows = [line.split(",") for line in (run_dir / "metrics.csv").read_text().splitlines()]
+    steps = [int(r[rows[0].index("env_steps")]) for r in rows[1:]]
+    assert len(steps) == summary["iterations"]
+    # with a remote runner the first iterations may end before its first samples come back
+    first = next(i for i, n in enumerate(steps) if n > 0)
+    assert all(b > a for a, b in zip(steps[first:], steps[first + 1:]))  # from then on every iteration sampled
+    assert (run_dir / "policy/rllib_checkpoint.json").exists()
+
+
 def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert train_main(["--env", ENV, "--set", "reward.nope=1", "--runs-dir", str(tmp_path)]) == 2
     assert "unknown config field 'reward.nope'" in capsys.readouterr().err
