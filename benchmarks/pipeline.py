@@ -278,6 +278,7 @@ def one_iteration(algo: Any, timer: Timed, pids: dict[str, int]) -> dict:
     runners = _get(result, "env_runners", default={}) or {}
     return dict(
         wall=wall, steps=int(runners.get("num_env_steps_sampled", 0) or 0), **parts, **cpu,
+        trained=int(learners.get("num_env_steps_trained", 0) or 0),
         score=float(learners.get("learned_reward_score_s", float("nan"))),
         scored=int(learners.get("learned_reward_transitions", 0) or 0),
         sent=int(runners.get("segments_sent", 0) or 0), dropped=int(runners.get("segments_dropped", 0) or 0),
@@ -287,11 +288,58 @@ def one_iteration(algo: Any, timer: Timed, pids: dict[str, int]) -> dict:
     )
 
 
+def physical_limits(module: Any, env_config: dict, num_envs: int, steps: int = 2000) -> dict:
+    """What one core can do without RLlib, in the driver process (torch 1 thread), measured in the
+    same run as the pipeline: the preprocessed env alone (random actions) and the env plus the
+    policy's forward pass (`module`: the algo's own RLModule, one batched `forward_inference` over `num_envs`
+    envs per step, as an env runner does). Env steps per second of one process."""
+    import numpy as np
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    envs = [TrueRewardEnv(env_config) for _ in range(max(1, num_envs))]
+    obs = [e.reset(seed=i)[0] for i, e in enumerate(envs)]
+    space = envs[0].action_space
+    rng = np.random.default_rng(0)
+
+    def step_all(actions):
+        for i, e in enumerate(envs):
+            o, _, term, trunc, _ = e.step(actions[i])
+            obs[i] = e.reset()[0] if (term or trunc) else o
+
+    n = max(1, steps // len(envs))
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step_all([space.sample() for _ in envs])
+    env_only = n * len(envs) / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for _ in range(n):
+            x = np.stack(obs)
+            x = x.astype(np.float32) if x.dtype == np.float64 else x
+            logits = module.forward_inference({Columns.OBS: torch.as_tensor(x)})[Columns.ACTION_DIST_INPUTS]
+            logits = logits.numpy()
+            if hasattr(space, "n"):  # sample from the categorical, as exploration does
+                p_ = np.exp(logits - logits.max(1, keepdims=True))
+                p_ /= p_.sum(1, keepdims=True)
+                acts = [int(rng.choice(space.n, p=row)) for row in p_]
+            else:
+                mean = logits[:, : logits.shape[1] // 2]
+                acts = list(np.clip(mean, space.low, space.high).astype(space.dtype))
+            step_all(acts)
+    with_policy = n * len(envs) / (time.perf_counter() - t0)
+    for e in envs:
+        e.close()
+    return dict(env_only_per_s=env_only, env_policy_per_s=with_policy, num_envs=len(envs), steps=n * len(envs))
+
+
 def summarize(rows: list[dict]) -> dict:
     steps = sum(r["steps"] for r in rows)
     wall = sum(r["wall"] for r in rows)
     n = len(rows)
     out = dict(iterations=n, steps=steps, wall=wall, steps_per_s=steps / wall if wall else float("nan"),
+               trained_per_s=sum(r["trained"] for r in rows) / wall if wall else float("nan"),
                steps_per_s_median=statistics.median(r["steps"] / r["wall"] for r in rows))
     for k in ("wall", "sample", "learn", "sync", "score", "sample_cpu", "learn_cpu"):
         out[k + "_s"] = statistics.fmean(r[k] for r in rows)
@@ -336,18 +384,28 @@ def bench_env(env_id: str, iterations: int, args: argparse.Namespace) -> dict:
         print(f"{env_id}: reward service {reward_address} ({space}), query service {query_address}; "
               f"setup {setup}, train batch {learned_cfg.train_batch_size_per_learner}", flush=True)
         rows: dict[str, list[dict]] = {"true": [], "learned": []}
-        for i in range(iterations + 1):
-            for name in ("true", "learned"):
-                r = one_iteration(algos[name], timers[name], pids[name])
-                tag = "warm-up" if i == 0 else f"iter {i}"
-                print(f"  {name:7s} {tag:8s} {r['steps']:5d} steps in {r['wall']:6.2f} s "
-                      f"({r['steps'] / r['wall']:7.1f}/s) sample {r['sample']:.2f} learn {r['learn']:.2f} "
-                      f"score {r['score']:.3f} sent {r['sent']} dropped {r['dropped']} | CPU s: "
-                      + " ".join(f"{k[4:]} {v:.2f}" for k, v in r.items() if k.startswith("cpu_"))
-                      + f" learn(thread) {r['learn_cpu']:.2f}", flush=True)
-                if i > 0:
-                    rows[name].append(r)
-        return dict(env_id=env_id, setup=setup, space=space,
+        # PPO: interleaved (true, learned, true, ...), so other load hits both alike. APPO samples
+        # asynchronously: an algo's remote runners would sample during the other's iterations and
+        # its next iteration would count those steps, so each config runs all its iterations alone.
+        sequential = setup["algo"] == "appo"
+        order = ([(i, n) for n in ("true", "learned") for i in range(iterations + 1)] if sequential
+                 else [(i, n) for i in range(iterations + 1) for n in ("true", "learned")])
+        for i, name in order:
+            r = one_iteration(algos[name], timers[name], pids[name])
+            tag = "warm-up" if i == 0 else f"iter {i}"
+            print(f"  {name:7s} {tag:8s} {r['steps']:5d} steps in {r['wall']:6.2f} s "
+                  f"({r['steps'] / r['wall']:7.1f}/s, trained {r['trained'] / r['wall']:7.1f}/s) "
+                  f"sample {r['sample']:.2f} learn {r['learn']:.2f} "
+                  f"score {r['score']:.3f} sent {r['sent']} dropped {r['dropped']} | CPU s: "
+                  + " ".join(f"{k[4:]} {v:.2f}" for k, v in r.items() if k.startswith("cpu_"))
+                  + f" learn(thread) {r['learn_cpu']:.2f}", flush=True)
+            if i > 0:
+                rows[name].append(r)
+        limits = physical_limits(algos["true"].get_module(), dict(configs["true"].env_config), setup["num_envs_per_env_runner"])
+        print(f"  limits: env alone {limits['env_only_per_s']:.0f}/s, env + policy inference "
+              f"{limits['env_policy_per_s']:.0f}/s (one process, {limits['num_envs']} envs)", flush=True)
+        return dict(env_id=env_id, setup=setup, space=space, order="sequential" if sequential else "interleaved",
+                    limits=limits,
                     train_batch=int(learned_cfg.train_batch_size_per_learner),
                     true=summarize(rows["true"]), learned=summarize(rows["learned"]),
                     raw=rows)
@@ -363,9 +421,9 @@ def bench_env(env_id: str, iterations: int, args: argparse.Namespace) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| env | config | env steps/s | learned/true | s/iter | sampling s | learner update s "
+    lines = ["| env | config | env steps/s | trained steps/s | learned/true | s/iter | sampling s | learner update s "
              "| of which score s | weight sync s | other s | segments sent | dropped |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for res in results:
         t, l = res["true"], res["learned"]
         ratio = l["steps_per_s"] / t["steps_per_s"]
@@ -373,7 +431,7 @@ def table(results: list[dict]) -> str:
             score = "–" if name == "true" else f"{s['score_s']:.3f}"
             sent = "–" if name == "true" else str(s["sent"])
             dropped = "–" if name == "true" else str(s["dropped"])
-            lines.append(f"| {res['env_id']} | {name} | {s['steps_per_s']:.1f} | "
+            lines.append(f"| {res['env_id']} | {name} | {s['steps_per_s']:.1f} | {s['trained_per_s']:.1f} | "
                          f"{'' if name == 'true' else f'{ratio:.2f}'} | {s['wall_s']:.2f} | {s['sample_s']:.2f} | "
                          f"{s['learn_s']:.2f} | {score} | {s['sync_s']:.3f} | {s['other_s']:.2f} | {sent} | "
                          f"{dropped} |")
@@ -429,10 +487,18 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; load average "
           f"before {load_before[0]:.1f}, after {load_after[0]:.1f}; {iterations} measured iterations "
-          "per config after 1 warm-up, true/learned interleaved")
+          "per config after 1 warm-up; true and learned " + ", ".join(f"{r['order']} ({r['env_id']}, "
+                                                                      f"{r['setup']['algo']})" for r in results))
     print(table(results))
     print()
     print(cpu_table(results))
+    print()
+    print("| env | env alone (1 process) | env + policy inference | true reward, end to end | learned reward, end to end |")
+    print("|---|---:|---:|---:|---:|")
+    for res in results:
+        lim = res["limits"]
+        print(f"| {res['env_id']} | {lim['env_only_per_s']:.0f} | {lim['env_policy_per_s']:.0f} | "
+              f"{res['true']['steps_per_s']:.0f} | {res['learned']['steps_per_s']:.0f} |")
     for res in results:
         ratio = res["learned"]["steps_per_s"] / res["true"]["steps_per_s"]
         print(f"{res['env_id']}: learned/true = {ratio:.2f} (median of per-iteration rates: "

@@ -187,6 +187,11 @@ def build_algo_config(
     if algo == "appo":
         for k in ("lambda_", "num_epochs", "minibatch_size", "vf_clip_param"):
             hyper.pop(k, None)
+        # RLlib polls its remote env runners for samples with a 0 s timeout, in a loop that runs
+        # until the iteration's 10 s are up: the driver spins a whole core. On 2 cores that starved
+        # the env runner (Pong: 140 env steps/s; waiting up to 50 ms for a sample instead: 370/s,
+        # docs/benchmarks.md "Pong with APPO").
+        hyper["timeout_s_sampler_manager"] = 0.05
     if image and algo == "ppo":
         fragment = 128
         hyper["train_batch_size_per_learner"] = max(

@@ -98,3 +98,15 @@ def test_the_atari_policy_is_the_small_cnn_its_last_conv_valid():
         assert sum(p.numel() for p in runner.module.parameters()) < 1_500_000
     finally:
         runner.stop()
+
+
+def test_appo_waits_for_samples_instead_of_spinning_and_an_override_wins():
+    """RLlib's APPO polls its env runners with a 0 s timeout: the driver spun a core and starved the
+    env runner on 2 cores (Pong 140 → 370 env steps/s with a 50 ms wait, docs/benchmarks.md)."""
+    from learner.algo import build_algo_config
+
+    appo = build_algo_config("ALE/Pong-v5", lambda: None, algo="appo", seed=0, num_env_runners=1)
+    assert appo.timeout_s_sampler_manager == 0.05
+    mine = build_algo_config("ALE/Pong-v5", lambda: None, algo="appo", timeout_s_sampler_manager=0.0)
+    assert mine.timeout_s_sampler_manager == 0.0
+    assert not hasattr(build_algo_config("ALE/Pong-v5", lambda: None), "timeout_s_sampler_manager")
