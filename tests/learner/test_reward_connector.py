@@ -198,6 +198,34 @@ def test_ppo_learns_from_exactly_the_predicted_rewards(ray_local, envs):
         algo.stop()
 
 
+def test_appo_trains_on_exactly_the_predicted_rewards(ray_local):
+    """APPO (IMPALA's learner connector, a learner thread, v-trace) gets the learned reward too."""
+    from ray.rllib.connectors.connector_v2 import ConnectorV2
+
+    class Spy(ConnectorV2):
+        def __call__(self, **kwargs):
+            return BatchSpy()(**kwargs)
+
+    BACKEND.calls.clear()
+    BatchSpy.batches.clear()
+    algo = _tiny_config(backend_factory, algo="appo", streamer_factory=lambda: CountingSink(),
+                        train_batch_size_per_learner=200, min_time_s_per_iteration=0).build_algo()
+    try:
+        algo.learner_group._learner._learner_connector.append(Spy())
+        for _ in range(50):  # APPO reports learner results only every 20th update: look at the batches
+            algo.train()
+            if len(BatchSpy.batches) >= 3:
+                break
+        assert len(BatchSpy.batches) >= 3 and len(BACKEND.calls) == len(BatchSpy.batches)  # one call per batch
+        for b in BatchSpy.batches:
+            mask = b[Columns.LOSS_MASK].astype(bool) if Columns.LOSS_MASK in b else np.ones(len(b[Columns.OBS]), bool)
+            expected = predicted(b[Columns.OBS][mask], b[Columns.ACTIONS][mask])
+            np.testing.assert_allclose(b[Columns.REWARDS][mask], expected, rtol=1e-5, atol=1e-6)
+            assert not np.isin(b[Columns.REWARDS][mask], [0.0, 1.0]).all()
+    finally:
+        algo.stop()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("envs", [1, 2])
 def test_remote_env_runner_streams_segments(ray_local, envs):
