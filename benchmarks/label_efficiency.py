@@ -251,7 +251,9 @@ def mujoco_table(runs: list[dict]) -> str:
             finals = [final(r["rows"]) for r in rr]
             steps = min(r["rows"][-1]["env_steps"] for r in rr)
             pct = "–"
-            start = [r["rows"][0]["true_return"] for r in (rr if _is_true(arm) else true or rr) if r["rows"]]
+            # the first iteration in which an episode ended (with 8 envs and 1,000-step episodes, the 4th)
+            start = [next((x["true_return"] for x in r["rows"] if not math.isnan(x["true_return"])), math.nan)
+                     for r in (rr if _is_true(arm) else true or rr)]
             start = [v for v in start if not math.isnan(v)]
             base = sum(start) / len(start) if start else math.nan
             if not _is_true(arm) and true and not math.isnan(base):
