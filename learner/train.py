@@ -202,17 +202,18 @@ class Trainer:
                                action_low=low, action_high=high, random_policy=True)
         space.seed(self.cfg.run.seed)
         client = QueryClient(self.query_address, self.producer_token)
-        sent, episode = 0, 0
+        sent, episode, longest = 0, 0, 0
         t0 = time.time()
         try:
             while sent < want:
                 obs, info = env.reset(seed=self.cfg.run.seed + episode)
                 track = cutter.start(obs, info)
-                done = False
+                done, steps = False, 0
                 batch = []
                 while not done and sent + len(batch) < want:
                     action = space.sample()
                     obs, _, term, trunc, info = env.step(action)
+                    steps += 1
                     rec = track.step(action, obs, info)
                     if rec is not None:
                         batch.append(rec)
@@ -221,6 +222,15 @@ class Trainer:
                     client.add_segments(batch)
                     sent += len(batch)
                 episode += 1
+                longest = max(longest, steps)
+                if episode >= (200 if sent == 0 else max(200, 20 * want)) and sent < want:
+                    # Segments never span two episodes: a task whose random episodes end sooner
+                    # (InvertedDoublePendulum: 4-16 steps against 30) would otherwise loop forever.
+                    raise TrainError(
+                        f"{episode} random-policy episodes gave {sent} of the {want} segments of {length} steps "
+                        f"wanted: the episodes end too soon (the longest had {longest} steps) and a segment "
+                        f"never spans two episodes. Use shorter segments (--set env.segment_length=N, N ≤ "
+                        f"{longest}) or fewer random segments (--set run.initial_segments=N).")
         finally:
             env.close()
             client.close()
