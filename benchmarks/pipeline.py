@@ -1,10 +1,11 @@
-"""Pipeline throughput: RLlib PPO on the LEARNED reward (gRPC) vs the same PPO on the TRUE reward.
+"""Pipeline throughput: RLlib PPO (or APPO) on the LEARNED reward (gRPC) vs the same on the TRUE reward.
 
     python benchmarks/pipeline.py                          # Hopper-v5 and ALE/Pong-v5, 4 iterations each
     python benchmarks/pipeline.py --envs hopper --iterations 6
     python benchmarks/pipeline.py --quick                  # 2 measured iterations per config
     python benchmarks/pipeline.py --envs hopper --quick --set rl.num_envs_per_env_runner=8 \
         --set rl.overrides.minibatch_size=256              # another RLlib setup than the preset's
+    python benchmarks/pipeline.py --envs pong --quick --set rl.algo=appo                   # APPO
 
 The RLlib setup is the one `rlhp train` uses for the env (its default preset's `rl` section).
 
@@ -28,6 +29,16 @@ then `--iterations` measured ones. Per iteration we time (with wrappers around t
 connector and hence the `score` call), weight sync; plus the reward connector's own
 `learned_reward_score_s` (`result["learners"]["__all_modules__"]`) and the segment counters
 (`result["env_runners"]["segments_sent"/"segments_dropped"]`).
+
+With `rl.algo=appo` the env runners sample asynchronously (an iteration lasts RLlib's minimum of
+10 s): the true config runs all its iterations, then the learned one, because an algorithm's remote
+runner would otherwise sample during the other's iteration and be counted in its next one. The
+sampling column is then 0 (APPO does not call `synchronous_parallel_sample`); "trained steps/s" is
+what the learner consumed.
+
+Physical limits, measured in the same run: the preprocessed env alone (one process, the preset's
+number of envs, random actions) and the env plus the policy's forward pass (the true algo's
+RLModule, one batched `forward_inference` per step), env steps/s.
 
 The query service is started without `--reward-address`, so its selection thread picks queries at
 random instead of asking the reward service for CNN/MLP disagreement (that work is on the labeling
