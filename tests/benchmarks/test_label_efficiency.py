@@ -2,22 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def le():
-    spec = importlib.util.spec_from_file_location("label_efficiency", ROOT / "benchmarks" / "label_efficiency.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("label_efficiency", mod)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _run(arm: str, steps: int, returns: list[float], seed: int = 1, labels: int = 0) -> dict:

@@ -3,22 +3,7 @@ policy's forward pass, with the module an RLlib config builds."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def pipeline():
-    spec = importlib.util.spec_from_file_location("pipeline", ROOT / "benchmarks" / "pipeline.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("pipeline", mod)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.mark.parametrize("env_id", ["rlhp/FixedCartPole-v0", "Hopper-v5"])
