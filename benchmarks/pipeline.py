@@ -65,6 +65,8 @@ import gymnasium as gym
 ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+sys.path.append(str(HERE))  # after the project: benchmarks/query_service.py must not hide the package
+from env_limits import physical_limits  # noqa: E402
 
 ENVS = {"hopper": "Hopper-v5", "pong": "ALE/Pong-v5"}
 
@@ -299,52 +301,6 @@ def one_iteration(algo: Any, timer: Timed, pids: dict[str, int]) -> dict:
     )
 
 
-def physical_limits(module: Any, env_config: dict, num_envs: int, steps: int = 2000) -> dict:
-    """What one core can do without RLlib, in the driver process (torch 1 thread), measured in the
-    same run as the pipeline: the preprocessed env alone (random actions) and the env plus the
-    policy's forward pass (`module`: the algo's own RLModule, one batched `forward_inference` over `num_envs`
-    envs per step, as an env runner does). Env steps per second of one process."""
-    import numpy as np
-    import torch
-    from ray.rllib.core.columns import Columns
-
-    envs = [TrueRewardEnv(env_config) for _ in range(max(1, num_envs))]
-    obs = [e.reset(seed=i)[0] for i, e in enumerate(envs)]
-    space = envs[0].action_space
-    rng = np.random.default_rng(0)
-
-    def step_all(actions):
-        for i, e in enumerate(envs):
-            o, _, term, trunc, _ = e.step(actions[i])
-            obs[i] = e.reset()[0] if (term or trunc) else o
-
-    n = max(1, steps // len(envs))
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step_all([space.sample() for _ in envs])
-    env_only = n * len(envs) / (time.perf_counter() - t0)
-
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for _ in range(n):
-            x = np.stack(obs)
-            x = x.astype(np.float32) if x.dtype == np.float64 else x
-            logits = module.forward_inference({Columns.OBS: torch.as_tensor(x)})[Columns.ACTION_DIST_INPUTS]
-            logits = logits.numpy()
-            if hasattr(space, "n"):  # sample from the categorical, as exploration does
-                p_ = np.exp(logits - logits.max(1, keepdims=True))
-                p_ /= p_.sum(1, keepdims=True)
-                acts = [int(rng.choice(space.n, p=row)) for row in p_]
-            else:
-                mean = logits[:, : logits.shape[1] // 2]
-                acts = list(np.clip(mean, space.low, space.high).astype(space.dtype))
-            step_all(acts)
-    with_policy = n * len(envs) / (time.perf_counter() - t0)
-    for e in envs:
-        e.close()
-    return dict(env_only_per_s=env_only, env_policy_per_s=with_policy, num_envs=len(envs), steps=n * len(envs))
-
-
 def summarize(rows: list[dict]) -> dict:
     steps = sum(r["steps"] for r in rows)
     wall = sum(r["wall"] for r in rows)
@@ -412,7 +368,9 @@ def bench_env(env_id: str, iterations: int, args: argparse.Namespace) -> dict:
                   + f" learn(thread) {r['learn_cpu']:.2f}", flush=True)
             if i > 0:
                 rows[name].append(r)
-        limits = physical_limits(algos["true"].get_module(), dict(configs["true"].env_config), setup["num_envs_per_env_runner"])
+        true_env = dict(configs["true"].env_config)
+        limits = physical_limits(algos["true"].get_module(), lambda: TrueRewardEnv(true_env),
+                                 setup["num_envs_per_env_runner"])
         print(f"  limits: env alone {limits['env_only_per_s']:.0f}/s, env + policy inference "
               f"{limits['env_policy_per_s']:.0f}/s (one process, {limits['num_envs']} envs)", flush=True)
         return dict(env_id=env_id, setup=setup, space=space, order="sequential" if sequential else "interleaved",

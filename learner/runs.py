@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import shutil
 import time
@@ -26,6 +28,25 @@ TOKEN_DIR = "tokens"
 
 class TrainError(RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
+
+
+def result_at(result: dict, *path: str, default: Any = math.nan) -> Any:
+    """The entry of an RLlib result dict at `path`, or `default`."""
+    node: Any = result
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return default
+        node = node[key]
+    return node
+
+
+def as_count(value: Any) -> int:
+    """A step count from RLlib's results as an int, 0 when missing or not finite. APPO reports its
+    counts as numpy integers, which are not Python ints (with only int/float accepted, an APPO run
+    counted 0 env steps every iteration and never ended)."""
+    if isinstance(value, numbers.Real) and math.isfinite(value):
+        return int(value)
+    return 0
 
 
 _library_log: Any = None  # the FileHandler of `library_logs_to`, once set

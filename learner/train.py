@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import numbers
 import os
 import threading
 import time
@@ -27,28 +26,10 @@ from typing import Any, Callable
 from learner.experiment import ExperimentConfig
 from learner.labelers import run_token, start_labelers
 from learner.metrics import MetricsWriter
-from learner.runs import (TrainError, init_local_ray, policy_dir, read_state, reattach_library_logs,
-                         save_policy_atomically, stop_on_signals, token_dir, write_state)
+from learner.runs import (TrainError, as_count, init_local_ray, policy_dir, read_state, reattach_library_logs,
+                         result_at, save_policy_atomically, stop_on_signals, token_dir, write_state)
 
 log = logging.getLogger("rlhp.train")
-
-
-def _find(result: dict, *path: str, default: Any = math.nan) -> Any:
-    node: Any = result
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return default
-        node = node[key]
-    return node
-
-
-def _count(value: Any) -> int:
-    """A step count from RLlib's results as an int, 0 when missing or not finite. APPO reports its
-    counts as numpy integers, which are not Python ints (with only int/float accepted, an APPO run
-    counted 0 env steps every iteration and never ended)."""
-    if isinstance(value, numbers.Real) and math.isfinite(value):
-        return int(value)
-    return 0
 
 
 class Trainer:
@@ -374,8 +355,8 @@ class Trainer:
             client.close()
         stats = self.model.stats() if self.model is not None else None
         fit = self._segment_metrics()
-        true_ret = _find(result, "env_runners", "true_episode_return")
-        ev = _find(result, "evaluation", "env_runners", "true_episode_return")
+        true_ret = result_at(result, "env_runners", "true_episode_return")
+        ev = result_at(result, "evaluation", "env_runners", "true_episode_return")
         if not (isinstance(ev, float) and math.isnan(ev)):
             true_ret = ev
         if isinstance(true_ret, float) and math.isnan(true_ret):  # no episode ended (long ones, many envs):
@@ -394,8 +375,8 @@ class Trainer:
             reward_version=stats.model_version if stats else reward_version(result),
             reward_val_accuracy=stats.val_accuracy if stats else math.nan,
             reward_val_loss=stats.val_loss if stats else math.nan,
-            segments_sent=_find(result, "env_runners", "segments_sent", default=0),
-            segments_dropped=_find(result, "env_runners", "segments_dropped", default=0),
+            segments_sent=result_at(result, "env_runners", "segments_sent", default=0),
+            segments_dropped=result_at(result, "env_runners", "segments_dropped", default=0),
             reward_fallback=int(reward_fallback(result)),
         )
         self._labels_before = rows_labels
@@ -447,7 +428,7 @@ class Trainer:
                 before = self.env_steps
                 result = self.algo.train()
                 self.iteration += 1
-                sampled = _count(_find(result, "env_runners", NUM_ENV_STEPS_SAMPLED, default=0))
+                sampled = as_count(result_at(result, "env_runners", NUM_ENV_STEPS_SAMPLED, default=0))
                 if sampled == 0 and self.cfg.rl.algo == "appo" and self.env_steps == 0:
                     # APPO asks remote env runners for samples and trains on those that came back
                     self.say(f"iteration {self.iteration}: waiting for the env runners' first samples")

@@ -15,6 +15,6 @@ def test_physical_limits_step_the_env_with_and_without_the_policy(pipeline, env_
     env = pipeline.TrueRewardEnv(env_config)
     module = config.get_rl_module_spec(env=env).build()
     env.close()
-    limits = pipeline.physical_limits(module, env_config, num_envs=3, steps=300)
+    limits = pipeline.physical_limits(module, lambda: pipeline.TrueRewardEnv(env_config), num_envs=3, steps=300)
     assert limits["num_envs"] == 3 and limits["steps"] == 300
     assert limits["env_only_per_s"] > 0 and limits["env_policy_per_s"] > 0
