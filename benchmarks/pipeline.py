@@ -269,14 +269,6 @@ def instrument(algo: Any) -> Timed:
     return timer
 
 
-def _get(d: Any, *path: str, default: Any = None) -> Any:
-    for k in path:
-        if not isinstance(d, dict) or k not in d:
-            return default
-        d = d[k]
-    return d
-
-
 def one_iteration(algo: Any, timer: Timed, pids: dict[str, int]) -> dict:
     """One `train()`; `pids`: processes whose CPU seconds are charged to this config (driver, env
     runners, and for the learned config the two services)."""
@@ -287,8 +279,10 @@ def one_iteration(algo: Any, timer: Timed, pids: dict[str, int]) -> dict:
     wall = time.perf_counter() - t0
     cpu = {f"cpu_{k}": proc_cpu(p) - cpu0[k] for k, p in pids.items()}
     parts = timer.reset()
-    learners = _get(result, "learners", "__all_modules__", default={}) or {}
-    runners = _get(result, "env_runners", default={}) or {}
+    from learner.runs import result_at
+
+    learners = result_at(result, "learners", "__all_modules__", default={}) or {}
+    runners = result_at(result, "env_runners", default={}) or {}
     return dict(
         wall=wall, steps=int(runners.get("num_env_steps_sampled", 0) or 0), **parts, **cpu,
         trained=int(learners.get("num_env_steps_trained", 0) or 0),
