@@ -52,6 +52,12 @@ MUJOCO_DT = {"Hopper": 0.008, "Walker2d": 0.008, "HalfCheetah": 0.05, "Swimmer":
              "Reacher": 0.02, "InvertedPendulum": 0.04, "InvertedDoublePendulum": 0.05,
              "Humanoid": 0.015, "HumanoidStandup": 0.015, "Pusher": 0.05}
 
+SHORT_SEGMENTS = {"InvertedPendulum": 10, "InvertedDoublePendulum": 10}
+"""Segment steps of MuJoCo tasks that end when the pole falls: a random policy's episodes last a
+median 5 (InvertedPendulum) or 6 (InvertedDoublePendulum) steps, so a 1.5 s segment (38, 30 steps)
+would never fit one and the first random segments could not be collected. 10 steps fit the longer
+random episodes, and rlhp learned IDP with them (docs/label_efficiency.md)."""
+
 ATARI_FPS = 60.0  # the Atari 2600 emits 60 frames per emulated second
 
 
@@ -377,13 +383,15 @@ def make_env(env_id: str, **opts: Any) -> gym.Env:
 def default_segment_length(env_id: str, seconds: float = 1.5) -> int:
     """Paper: 25 steps on Atari; ~1.5 s of simulated time on MuJoCo, kept within 15–60 steps and
     within the env's episode length (Reacher's episodes are 50 steps: a longer window would never
-    fit, and segments never span two episodes).
+    fit, and segments never span two episodes); 10 steps on the pendulum tasks (`SHORT_SEGMENTS`).
 
     Other envs: 25 steps.
     """
     if is_atari(env_id):
         return 25
     if is_mujoco(env_id):
+        if env_id.split("-v", 1)[0] in SHORT_SEGMENTS:
+            return SHORT_SEGMENTS[env_id.split("-v", 1)[0]]
         dt = MUJOCO_DT.get(env_id.split("-v", 1)[0])
         if dt is not None and env_id.endswith("-v5"):
             fps = 1.0 / dt

@@ -160,4 +160,7 @@ def test_default_segment_lengths(tmp_path, monkeypatch):
     assert default_segment_length("HalfCheetah-v5") == 30  # 1.5 s at 20 steps/s
     assert default_segment_length("Hopper-v5") == 60  # 1.5 s would be 187 steps: clamped to 60
     assert default_segment_length("Reacher-v5") == 50  # 60 would never fit its 50-step episodes
+    # a random policy's episodes last ~5 steps: 1.5 s (30 steps) would never fit one
+    assert default_segment_length("InvertedDoublePendulum-v5") == 10
+    assert default_segment_length("InvertedPendulum-v5") == 10
     assert default_segment_length(FIXED_CARTPOLE_ID) == 25

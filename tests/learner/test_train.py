@@ -123,15 +123,15 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
 
 
 def test_episodes_shorter_than_a_segment_are_an_error_not_a_hang(tmp_path, capsys):
-    """InvertedDoublePendulum's random episodes last 4-16 steps, its segments 30: the random-segment
-    collection once looped forever without a word."""
-    args = ["--env", "InvertedDoublePendulum-v5", "--preset", "smoke", "--runs-dir", str(tmp_path)]
+    """InvertedDoublePendulum's random episodes last 4-16 steps: with 1.5 s segments (30 steps) the
+    random-segment collection once looped forever without a word."""
+    args = ["--env", "InvertedDoublePendulum-v5", "--preset", "smoke", "--runs-dir", str(tmp_path),
+            "--set", "env.segment_length=30"]
     assert train_main([*args, "--name", "idp"]) == 1
     err = capsys.readouterr().err
     assert "episodes end too soon" in err and "env.segment_length" in err and "Traceback" not in err
-    # with segments that fit, the collection goes through (the run then stops at its step budget)
-    cfg = experiment.resolve("InvertedDoublePendulum-v5", "smoke", runs_dir=str(tmp_path), name="short",
-                             sets=["env.segment_length=4"])
+    # the default segments fit (actors.envs.SHORT_SEGMENTS): the collection goes through
+    cfg = experiment.resolve("InvertedDoublePendulum-v5", "smoke", runs_dir=str(tmp_path), name="short")
     run_dir = tmp_path / "short"
     run_dir.mkdir()
     trainer = Trainer(cfg, run_dir, out=lambda line: None)
