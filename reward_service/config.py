@@ -39,6 +39,13 @@ class RewardConfig:
     policy's uniformly random actions) is the easiest thing for PPO to exploit, and on CartPole it
     drove the policy to push one way at every step until the pole fell (docs/label_efficiency.md)."""
 
+    action_term: str = "joint"
+    """How the action enters the MLP: "joint" feeds [o, a] to one network (the paper); "additive"
+    predicts r̂(o, a) = f(o) + g(a) with a separate network g of the action alone, the shape of every
+    MuJoCo control cost. Reacher's joint model explains its labels by joint speeds instead of the
+    action's cost and ranks a still arm far below a swinging one (docs/label_efficiency.md). Only
+    for vector observations (the CNN ignores it); ignored without `use_actions`."""
+
     cnn_filters: int = 16
     """Filters in each of the four conv layers of the Atari CNN."""
 
@@ -154,6 +161,8 @@ class RewardConfig:
             problems.append("max_comparisons must be >= 1")
         if not 0.0 <= self.random_answer_prob < 1.0:
             problems.append("random_answer_prob must lie in [0, 1)")
+        if self.action_term not in ("joint", "additive"):
+            problems.append(f"action_term must be 'joint' or 'additive', not {self.action_term!r}")
         if self.validation not in ("oob", "split"):
             problems.append(f"validation must be 'oob' or 'split', not {self.validation!r}")
         if not 0.0 <= self.val_fraction < 1.0:

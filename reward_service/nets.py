@@ -54,8 +54,18 @@ def _scale(obs: torch.Tensor) -> torch.Tensor:
     return obs.float() / 255.0 if obs.dtype == torch.uint8 else obs.float()
 
 
+def _mlp(width: int, hidden: tuple[int, ...], slope: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.LeakyReLU(slope)]
+        width = h
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
 class RewardMLP(nn.Module):
-    """r̂(o, a) for vector observations: [flatten(o), features(a)] -> MLP -> scalar."""
+    """r̂(o, a) for vector observations: [flatten(o), features(a)] -> MLP -> scalar, or with
+    ``action_term="additive"`` MLP(flatten(o)) + MLP(features(a))."""
 
     architecture = "mlp"
 
@@ -67,18 +77,15 @@ class RewardMLP(nn.Module):
         # so scoring copies and checkpoints carry them.
         self.register_buffer("obs_mean", torch.zeros(n_obs))
         self.register_buffer("obs_std", torch.ones(n_obs))
-        width = n_obs + self.action.dim
-        layers: list[nn.Module] = []
-        for h in config.hidden:
-            layers += [nn.Linear(width, h), nn.LeakyReLU(config.leaky_slope)]
-            width = h
-        layers.append(nn.Linear(width, 1))
-        self.net = nn.Sequential(*layers)
+        self.additive = config.action_term == "additive" and self.action.dim > 0
+        self.net = _mlp(n_obs + (0 if self.additive else self.action.dim), config.hidden, config.leaky_slope)
+        self.act_net = _mlp(self.action.dim, config.hidden, config.leaky_slope) if self.additive else None
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         o = (_scale(obs).reshape(obs.shape[0], -1) - self.obs_mean) / self.obs_std
-        x = torch.cat([o, self.action(act)], dim=1)
-        return self.net(x).squeeze(1)
+        if self.act_net is not None:
+            return (self.net(o) + self.act_net(self.action(act))).squeeze(1)
+        return self.net(torch.cat([o, self.action(act)], dim=1)).squeeze(1)
 
     @torch.no_grad()
     def set_input_norm(self, mean: np.ndarray, std: np.ndarray) -> None:

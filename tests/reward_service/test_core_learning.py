@@ -425,6 +425,28 @@ def test_state_only_predictor_ignores_actions(rng: np.random.Generator) -> None:
     assert not np.array_equal(with_actions.score(obs, a)[0], with_actions.score(obs, -a)[0])
 
 
+def test_additive_action_term_learns_and_keeps_the_action_apart(rng: np.random.Generator) -> None:
+    """``action_term="additive"``: r̂ = f(o) + g(a), so what an action adds is the same in every state."""
+    task = LinearTask(rng)
+    train_segs, train_ret = task.segments(200, "s")
+    test_segs, test_ret = task.segments(200, "h")
+    model = RewardModel(VEC, RewardConfig(members=3, seed=1, action_term="additive"))
+    model.add_comparisons(train_segs, teacher(rng, train_ret, 500))
+    model.train(600)
+    assert pearson(model, test_segs, test_ret) >= 0.9
+    obs = rng.normal(size=(2, 8)).astype(np.float32)
+    a, b = np.float32([[0.5, -0.5]] * 2), np.float32([[-1.0, 1.0]] * 2)
+    gain = model.score(obs, a)[0] - model.score(obs, b)[0]  # one action against another, in 2 states
+    assert abs(gain[0]) > 1e-3 and gain[0] == pytest.approx(gain[1], abs=1e-4)
+    joint = RewardModel(VEC, RewardConfig(members=3, seed=1))
+    joint.add_comparisons(train_segs, teacher(rng, train_ret, 500))
+    joint.train(600)
+    gain = joint.score(obs, a)[0] - joint.score(obs, b)[0]
+    assert gain[0] != pytest.approx(gain[1], abs=1e-4)
+    with pytest.raises(ValueError, match="action_term"):
+        RewardConfig(action_term="product")
+
+
 def test_normalized_inputs_make_the_model_independent_of_observation_units(tmp_path, rng) -> None:
     # Standardised inputs: observations in other units (per-feature scale and offset) train the
     # same members to the same scores. Without standardisation they do not.
