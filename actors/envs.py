@@ -390,9 +390,10 @@ def default_segment_length(env_id: str, seconds: float = 1.5) -> int:
     if is_atari(env_id):
         return 25
     if is_mujoco(env_id):
-        if env_id.split("-v", 1)[0] in SHORT_SEGMENTS:
-            return SHORT_SEGMENTS[env_id.split("-v", 1)[0]]
-        dt = MUJOCO_DT.get(env_id.split("-v", 1)[0])
+        name = env_id.split("-v", 1)[0]
+        if name in SHORT_SEGMENTS:
+            return SHORT_SEGMENTS[name]
+        dt = MUJOCO_DT.get(name)
         if dt is not None and env_id.endswith("-v5"):
             fps = 1.0 / dt
         else:

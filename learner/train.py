@@ -206,7 +206,7 @@ class Trainer:
                 longest = max(longest, steps)
                 if episode >= (200 if sent == 0 else max(200, 20 * want)) and sent < want:
                     # Segments never span two episodes: a task whose random episodes end sooner
-                    # (InvertedDoublePendulum: 4-16 steps against 30) would otherwise loop forever.
+                    # (InvertedDoublePendulum: 4-16 steps against 1.5 s = 30) would otherwise loop forever.
                     raise TrainError(
                         f"{episode} random-policy episodes gave {sent} of the {want} segments of {length} steps "
                         f"wanted: the episodes end too soon (the longest had {longest} steps) and a segment "

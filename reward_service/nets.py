@@ -77,9 +77,9 @@ class RewardMLP(nn.Module):
         # so scoring copies and checkpoints carry them.
         self.register_buffer("obs_mean", torch.zeros(n_obs))
         self.register_buffer("obs_std", torch.ones(n_obs))
-        self.additive = config.action_term == "additive" and self.action.dim > 0
-        self.net = _mlp(n_obs + (0 if self.additive else self.action.dim), config.hidden, config.leaky_slope)
-        self.act_net = _mlp(self.action.dim, config.hidden, config.leaky_slope) if self.additive else None
+        additive = config.action_term == "additive" and self.action.dim > 0
+        self.net = _mlp(n_obs + (0 if additive else self.action.dim), config.hidden, config.leaky_slope)
+        self.act_net = _mlp(self.action.dim, config.hidden, config.leaky_slope) if additive else None
 
     def forward(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
         o = (_scale(obs).reshape(obs.shape[0], -1) - self.obs_mean) / self.obs_std
