@@ -275,8 +275,21 @@ def mujoco_table(runs: list[dict]) -> str:
     for arm in sorted(pcts, key=lambda a: (len(a), a)):
         got = pcts[arm]
         lines.append(f"\n**{arm}**: mean over {len(got)} of {len(tasks)} tasks "
-                     f"({', '.join(sorted(got))}): **{sum(got.values()) / len(got):.0f}%** of true-reward PPO's gain.")
+                     f"({', '.join(sorted(got))}): **{sum(got.values()) / len(got):.0f}%** of true-reward PPO's gain"
+                     f"{_robust(list(got.values()))}.")
     return "\n".join(lines)
+
+
+def _robust(pcts: list[float]) -> str:
+    """The median over tasks and the mean with each task capped at 100%: a task where the true arm
+    barely gained (a small denominator) can make the plain mean say thousands of percent."""
+    if len(pcts) < 2:
+        return ""
+    v = sorted(pcts)
+    mid = len(v) // 2
+    median = v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
+    capped = sum(min(x, 100.0) for x in v) / len(v)
+    return f" (median {median:.0f}%; capped at 100% per task, {capped:.0f}%)"
 
 
 def plot_task(task: str, runs: list[dict], path: Path) -> None:

@@ -57,3 +57,15 @@ def test_score_is_the_share_of_the_true_arms_gain_over_the_initial_policy(le):
             _run("rlhp-350", 1000, [-40.0] + [-30.0] * 8 + [-25.0], labels=350)]
     row = next(r for r in le.mujoco_table(runs).splitlines() if "rlhp-350" in r)
     assert "| -40.0 | 50% |" in row, row
+
+
+def test_summary_adds_the_median_and_the_capped_mean_over_tasks(le):
+    runs = []
+    for task, rlhp in (("hopper", 50.0), ("walker2d", 100.0), ("swimmer", 900.0)):
+        for arm, final in (("true", 100.0), ("rlhp-350", rlhp)):
+            run = _run(arm, 1000, [0.0] * 9 + [final], labels=350)
+            run["task"] = task
+            runs.append(run)
+    table = le.mujoco_table(runs)
+    # 50%, 100%, 900%: mean 350%, median 100%, capped (50 + 100 + 100) / 3 = 83%
+    assert "**350%** of true-reward PPO's gain (median 100%; capped at 100% per task, 83%)." in table, table
