@@ -19,7 +19,8 @@ rlhp with each label budget of `--labels` (synthetic teacher, 25% of the budget 
 random-policy segments up front), same PPO settings and env-step budget. The score of a run is the
 true return of its training episodes (RLlib's mean over the last 100 episodes, the same for both
 arms), averaged over the last 10% of its iterations; each rlhp arm is reported as a percentage of
-the true-reward arm's mean at the same steps. Curves (mean and range over seeds) go to
+the true-reward arm's mean at the same steps (and, with `--arms true-std` run, of PPO on the true
+reward standardised as the learned one is: zero mean, std 1). Curves (mean and range over seeds) go to
 `<out>/<task>.png`, every row to `<out>/results.json`.
 
 Runs are long: every finished run is written to `results.json` at once, and a later invocation with
@@ -56,6 +57,9 @@ MUJOCO = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "W
 DEFAULT_STEPS = {"hopper": 1_000_000, "halfcheetah": 1_000_000, "walker2d": 1_000_000,
                  "swimmer": 1_000_000, "reacher": 300_000, "idp": 300_000, "ant": 1_000_000}
 DOC = ROOT / "docs" / "label_efficiency.md"
+STD_ARM = "true-std"
+"""PPO on the env reward standardised as rlhp's learned reward is (zero mean, std 1): the reference
+that leaves the reward's scale out of the comparison."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,8 +138,9 @@ def mujoco_rlhp(task: str, steps: int, labels: int, seed: int, runs_dir: Path, t
 
 
 def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool, sets: list[str] | None = None,
-                suffix: str = "") -> dict:
-    """PPO on the env reward with the rlhp arms' settings (and their `--set`, e.g. env options)."""
+                suffix: str = "", standardize: bool = False) -> dict:
+    """PPO on the env reward with the rlhp arms' settings (and their `--set`, e.g. env options);
+    `standardize`: at the learned reward's scale (arm `true-std`, see `true_reward_config`)."""
     from learner.algo import build_algo_config
 
     cfg = mujoco_config(MUJOCO[task], steps, 4, seed, runs_dir, f"{task}-true{suffix}-n{steps}-s{seed}", {}, sets)
@@ -143,7 +148,7 @@ def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool, s
     learned = build_algo_config(cfg.env.env_id, "127.0.0.1:1", algo=rl.algo, num_env_runners=rl.num_env_runners,
                                num_envs_per_env_runner=rl.num_envs_per_env_runner, num_learners=rl.num_learners,
                                env_opts=cfg.env_options, seed=seed, **dict(rl.overrides))
-    algo = true_reward_config(learned).build_algo()
+    algo = true_reward_config(learned, standardize=standardize).build_algo()
     rows: list[dict] = []
     t0 = time.time()
     total = 0
@@ -240,6 +245,7 @@ def mujoco_table(runs: list[dict]) -> str:
              "% of true-reward PPO's gain | labels | corr, policy segments | wall s / run |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     pcts: dict[str, dict[str, float]] = {}  # arm -> task -> % of true-reward PPO
+    pcts_std: dict[str, dict[str, float]] = {}  # the same against PPO on the standardised true reward
     for task in sorted({r["task"] for r in runs}):
         mine = [r for r in runs if r["task"] == task]
         # one row per arm and step budget: runs of different budgets are not averaged together
@@ -247,23 +253,26 @@ def mujoco_table(runs: list[dict]) -> str:
                         key=lambda g: (g[1], _suffix(g[0]), not _is_true(g[0]), g[0]))
         for arm, budget in groups:
             rr = [r for r in mine if r["arm"] == arm and _budget(r) == budget]
-            true = [r for r in mine if r["arm"] == _reference(arm, mine) and _budget(r) == budget]
+            # true-std is scored against plain true: what the reward's scale alone does to PPO
+            ref_arm = "true" if arm == STD_ARM else _reference(arm, mine)
+            true = [r for r in mine if r["arm"] == ref_arm and _budget(r) == budget]
             finals = [final(r["rows"]) for r in rr]
             steps = min(r["rows"][-1]["env_steps"] for r in rr)
             pct = "–"
             # the first iteration in which an episode ended (with 8 envs and 1,000-step episodes, the 4th)
             start = [next((x["true_return"] for x in r["rows"] if not math.isnan(x["true_return"])), math.nan)
-                     for r in (rr if _is_true(arm) else true or rr)]
+                     for r in (rr if _is_true(arm) and arm != STD_ARM else true or rr)]
             start = [v for v in start if not math.isnan(v)]
             base = sum(start) / len(start) if start else math.nan
-            if not _is_true(arm) and true and not math.isnan(base):
-                # the true arm's final-window mean up to this arm's steps, over its seeds
-                ref = [final([x for x in t["rows"] if x["env_steps"] <= steps]) for t in true]
-                ref = [v for v in ref if not math.isnan(v)]
-                if ref and sum(ref) / len(ref) > base:
-                    value = 100 * (sum(finals) / len(finals) - base) / (sum(ref) / len(ref) - base)
-                    pct = f"{value:.0f}%"
-                    pcts.setdefault(arm, {})[task] = value
+            value = _pct(finals, steps, true, base) if (not _is_true(arm) or arm == STD_ARM) else math.nan
+            if not math.isnan(value):
+                pct = f"{value:.0f}%"
+                pcts.setdefault(arm, {})[task] = value
+            std = [r for r in mine if r["arm"] == STD_ARM and _budget(r) == budget]
+            if not _is_true(arm) and _reference(arm, mine) == "true" and std:
+                value = _pct(finals, steps, std, base)
+                if not math.isnan(value):
+                    pcts_std.setdefault(arm, {})[task] = value
             labels = "–" if _is_true(arm) else f"{sum(r['rows'][-1]['labels'] for r in rr) / len(rr):.0f}"
             corr = [r.get("fit", {}).get("policy_corr") for r in rr if r.get("fit")]
             corr = [c for c in corr if c is not None and not math.isnan(c)]
@@ -277,7 +286,22 @@ def mujoco_table(runs: list[dict]) -> str:
         lines.append(f"\n**{arm}**: mean over {len(got)} of {len(tasks)} tasks "
                      f"({', '.join(sorted(got))}): **{sum(got.values()) / len(got):.0f}%** of true-reward PPO's gain"
                      f"{_robust(list(got.values()))}.")
+    for arm in sorted(pcts_std, key=lambda a: (len(a), a)):
+        got = pcts_std[arm]
+        lines.append(f"\n**{arm}** against PPO on the standardised true reward ({STD_ARM}): mean over "
+                     f"{len(got)} tasks ({', '.join(f'{t} {v:.0f}%' for t, v in sorted(got.items()))}): "
+                     f"**{sum(got.values()) / len(got):.0f}%**{_robust(list(got.values()))}.")
     return "\n".join(lines)
+
+
+def _pct(finals: list[float], steps: float, true: list[dict], base: float) -> float:
+    """An arm's gain over `base` as a % of the `true` runs' gain, their final-window mean taken up to
+    the arm's steps (NaN without a reference or when the reference did not gain)."""
+    ref = [final([x for x in t["rows"] if x["env_steps"] <= steps]) for t in true]
+    ref = [v for v in ref if not math.isnan(v)]
+    if not ref or math.isnan(base) or sum(ref) / len(ref) <= base:
+        return math.nan
+    return 100 * (sum(finals) / len(finals) - base) / (sum(ref) / len(ref) - base)
 
 
 def _robust(pcts: list[float]) -> str:
@@ -305,7 +329,8 @@ def plot_task(task: str, runs: list[dict], path: Path) -> None:
         rr = [r["rows"] for r in runs if r["arm"] == arm and r["rows"]]
         grid = np.linspace(0, min(r[-1]["env_steps"] for r in rr), 100)
         ys = np.array([[_at(r, g) if g >= r[0]["env_steps"] else np.nan for g in grid] for r in rr])
-        label = (f"PPO, true reward{arm[4:]}" if _is_true(arm) else f"rlhp, {arm.split('-', 1)[1]} labels")
+        label = ("PPO, standardised true reward" if arm == STD_ARM else f"PPO, true reward{arm[4:]}"
+                 if _is_true(arm) else f"rlhp, {arm.split('-', 1)[1]} labels")
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # grid points before a run's first iteration
             mean, low, high = np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
@@ -355,8 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed0", type=int, default=1, help="first seed (default 1)")
     p.add_argument("--labels", default="350,700,1400", help="label budgets of the rlhp arms (MuJoCo)")
     p.add_argument("--steps", type=int, help="env steps per MuJoCo run (default per task, e.g. 1M Hopper)")
-    p.add_argument("--arms", default="true,rlhp", choices=("true", "rlhp", "true,rlhp", "rlhp,true", "both"),
-                   help="which MuJoCo arms: true, rlhp, or both (true,rlhp; the default)")
+    p.add_argument("--arms", default="true,rlhp",
+                   help="comma-separated MuJoCo arms: true, rlhp, true-std (PPO on the true reward "
+                        "standardised as the learned one is: zero mean, std 1), or both (= true,rlhp; the default)")
     p.add_argument("--teacher", action="append", default=[], metavar="KEY=VALUE",
                    help="synthetic teacher knob for the rlhp arms, e.g. beta=1 or mistake_prob=0.2")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -374,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
         if t != "cartpole" and t not in MUJOCO:
             p.error(f"unknown task {t!r}; one of cartpole, {', '.join(MUJOCO)}")
     teacher = _teacher(args.teacher)
+    arms = ["true", "rlhp"] if args.arms == "both" else [a.strip() for a in args.arms.split(",") if a.strip()]
+    if not arms or set(arms) - {"true", "rlhp", STD_ARM}:
+        p.error(f"--arms {args.arms!r}: a comma-separated list of true, rlhp, {STD_ARM} (or both)")
+    if STD_ARM in arms and args.set:
+        p.error(f"--arms {STD_ARM} takes no --set (its arm name would not say what changed)")
     suffix = f"-{args.name}" if args.name else ("-noisy" if teacher else "-custom" if args.set else "")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -408,7 +439,6 @@ def main(argv: list[str] | None = None) -> int:
                           f"{run['labels']} labels, {run['wall_s']:.0f} s", flush=True)
                 continue
             steps = args.steps or DEFAULT_STEPS[task]
-            arms = ["true", "rlhp"] if args.arms == "both" else args.arms.split(",")
             for seed in seeds:
                 # a --set (env options, RL settings) applies to the true-reward arm too, under its own
                 # name; a teacher knob alone does not change it
@@ -417,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
                     save(mujoco_true(task, steps, seed, runs_dir, args.quiet, args.set,
                                      suffix if args.set else ""))
                     print(f"{task} {true_arm} seed {seed}: final {final(results[-1]['rows']):.1f}", flush=True)
+                if STD_ARM in arms and not done(task, STD_ARM, seed, steps):
+                    save(mujoco_true(task, steps, seed, runs_dir, args.quiet, None, "-std", standardize=True))
+                    print(f"{task} {STD_ARM} seed {seed}: final {final(results[-1]['rows']):.1f}", flush=True)
                 if "rlhp" not in arms:
                     continue
                 for labels in [int(x) for x in args.labels.split(",")]:
@@ -445,9 +478,10 @@ def main(argv: list[str] | None = None) -> int:
             budget = max(_budget(r) for r in mine)  # the curves of the longest budget run for the task
             mine = [r for r in mine if _budget(r) == budget]
             # one figure per arm suffix (a --set or a teacher knob), with the true arm it is scored against
-            for sfx in sorted({_suffix(r["arm"]) for r in mine}):
+            for sfx in sorted({_suffix(r["arm"]) for r in mine if r["arm"] != STD_ARM}):
                 arms = {r["arm"] for r in mine if _suffix(r["arm"]) == sfx and not _is_true(r["arm"])}
                 refs = {_reference(a, mine) for a in arms} or ({f"true-{sfx}"} if sfx else {"true"})
+                refs |= {STD_ARM} if not sfx else set()
                 group = [r for r in mine if r["arm"] in arms | refs]
                 if group:
                     name = f"{task}-{sfx}" if sfx else task

@@ -108,10 +108,12 @@ class TrueRewardEnv(gym.Wrapper):
         super().__init__(inner)
 
 
-def true_reward_config(config: Any) -> Any:
+def true_reward_config(config: Any, standardize: bool = False) -> Any:
     """A copy of a `build_algo_config` result that trains on the true reward: `TrueRewardEnv`, no
     segment callbacks, no learned-reward connector. Everything else (PPO settings, model, env
-    runners, seed) is unchanged."""
+    runners, seed) is unchanged. `standardize`: the learner sees the env reward at the learned
+    reward's scale (`learner.reward_connector.StandardizedRewardConnector`: zero mean, std 1 over
+    the most recent 5,000 transitions); the episode returns reported stay the env's."""
     from ray.rllib.callbacks.callbacks import RLlibCallback
 
     true = config.copy(copy_frozen=False)
@@ -119,6 +121,10 @@ def true_reward_config(config: Any) -> Any:
     true.environment(env=TrueRewardEnv, env_config=env_config)
     true.callbacks(RLlibCallback)
     true._learner_connector = None  # `.learners(learner_connector=None)` is ignored as "not provided"
+    if standardize:
+        from learner.reward_connector import StandardizedRewardBuilder
+
+        true.learners(learner_connector=StandardizedRewardBuilder())
     return true
 
 

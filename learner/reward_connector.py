@@ -237,6 +237,60 @@ class LearnedRewardConnector(ConnectorV2):
             log.warning("could not fetch a copy of the reward model (%s: %s)", type(e).__name__, e)
 
 
+class StandardizedRewardConnector(ConnectorV2):
+    """The env reward, standardised the way the reward service standardises r̂: zero mean and
+    `target_std` over the most recent `window` transitions (`RewardConfig.norm_transitions`).
+
+    For baselines only: PPO on the *true* reward at the scale the learned reward has, so that a
+    comparison of the two is not one of reward scales. Sits where `LearnedRewardConnector` sits
+    (before GAE); the artificial bootstrap step keeps reward 0.0, and RLlib's episode returns (the
+    env runners' metrics) stay the raw env reward."""
+
+    def __init__(self, input_observation_space: Optional[gym.Space] = None,
+                 input_action_space: Optional[gym.Space] = None, *, window: int = 5000,
+                 target_std: float = 1.0, **kwargs):
+        super().__init__(input_observation_space, input_action_space, **kwargs)
+        if window < 2 or not target_std > 0:
+            raise ValueError(f"window must be >= 2 and target_std > 0, not {window}, {target_std}")
+        self.window, self.target_std = int(window), float(target_std)
+        self.recent = np.zeros(0, dtype=np.float64)
+
+    def __call__(self, *, rl_module: RLModule, batch: Any, episodes: List[EpisodeType],
+                 explore: Optional[bool] = None, shared_data: Optional[dict] = None, metrics=None,
+                 **kwargs) -> Any:
+        sa_episodes = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False))
+        bootstrap_ts = bool(shared_data and shared_data.get(_BOOTSTRAP_TS_FLAG))
+        lens = [max(0, len(ep) - (1 if bootstrap_ts else 0)) for ep in sa_episodes]
+        parts = [np.asarray(ep.get_rewards(slice(0, n)), dtype=np.float64) for ep, n in zip(sa_episodes, lens) if n]
+        if not parts:
+            return batch
+        self.recent = np.concatenate([self.recent, *parts])[-self.window:]
+        mean, std = float(self.recent.mean()), float(self.recent.std())
+        scale = self.target_std / max(std, 1e-8)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*Casting input x to numpy array.*")
+            for ep, n in zip(sa_episodes, lens):
+                new = np.zeros(len(ep), dtype=np.float32)
+                if n:
+                    new[:n] = (np.asarray(ep.get_rewards(slice(0, n)), dtype=np.float64) - mean) * scale
+                ep.set_rewards(new_data=new)
+        if metrics is not None:
+            metrics.log_value((ALL_MODULES, "env_reward_norm_mean"), mean, window=1)
+            metrics.log_value((ALL_MODULES, "env_reward_norm_std"), std, window=1)
+        return batch
+
+
+class StandardizedRewardBuilder:
+    """Picklable ``learner_connector`` builder for `StandardizedRewardConnector`."""
+
+    def __init__(self, window: int = 5000, target_std: float = 1.0):
+        self.window, self.target_std = window, target_std
+
+    def __call__(self, input_observation_space=None, input_action_space=None, *args, **kwargs):
+        return [StandardizedRewardConnector(input_observation_space, input_action_space,
+                                            window=self.window, target_std=self.target_std)]
+
+
 class LearnedRewardBuilder:
     """Picklable ``learner_connector`` builder: ``config.training(learner_connector=
     LearnedRewardBuilder(address_or_factory))``; RLlib calls it inside each learner."""

@@ -69,3 +69,18 @@ def test_summary_adds_the_median_and_the_capped_mean_over_tasks(le):
     table = le.mujoco_table(runs)
     # 50%, 100%, 900%: mean 350%, median 100%, capped (50 + 100 + 100) / 3 = 83%
     assert "**350%** of true-reward PPO's gain (median 100%; capped at 100% per task, 83%)." in table, table
+
+
+def test_the_standardised_true_arm_is_scored_against_true_and_rlhp_also_against_it(le):
+    runs = [_run("true", 1000, [0.0] * 9 + [100.0]),
+            _run("true-std", 1000, [0.0] * 9 + [200.0]),           # the reward's scale alone: 200%
+            _run("rlhp-700", 1000, [0.0] * 9 + [150.0], labels=700),
+            _run("rlhp-700-beta1", 1000, [0.0] * 9 + [50.0], labels=700)]
+    assert le._reference("rlhp-700", runs) == "true"  # the main score stays against plain true
+    table = le.mujoco_table(runs)
+    std = next(r for r in table.splitlines() if r.startswith("| hopper | true-std"))
+    rlhp = next(r for r in table.splitlines() if r.startswith("| hopper | rlhp-700 "))
+    assert "| 200% | – |" in std and "| 150% |" in rlhp, table
+    assert "**rlhp-700** against PPO on the standardised true reward (true-std): mean over 1 tasks " \
+           "(hopper 75%): **75%**." in table, table
+    assert "rlhp-700-beta1** against" in table  # a teacher knob keeps the plain true arm, so it gets the line too

@@ -16,7 +16,8 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
-from learner.reward_connector import LearnedRewardBuilder, LearnedRewardConnector, resolve_backend, reward_version
+from learner.reward_connector import (LearnedRewardBuilder, LearnedRewardConnector, StandardizedRewardConnector,
+                                      resolve_backend, reward_version)
 
 VERSION = 7
 
@@ -86,6 +87,36 @@ def test_connector_without_bootstrap_step_scores_every_transition():
     obs, act = ep.get_observations()[:-1].copy(), ep.get_actions().copy()
     LearnedRewardConnector(backend=backend)(rl_module=None, batch={}, episodes=[ep], shared_data={})
     np.testing.assert_allclose(ep.get_rewards(), predicted(obs, act), rtol=1e-6)
+
+
+def test_standardised_env_reward_has_zero_mean_and_unit_std_over_the_recent_window():
+    """The baseline arm `true-std`: the env reward at the learned reward's scale, over the most recent
+    `window` transitions; the artificial bootstrap step keeps 0.0."""
+    rng = np.random.default_rng(0)
+    episodes = [_episode(30, 0), _episode(20, 1, terminated=True)]
+    raw = [rng.normal(5.0, 3.0, size=len(ep)).astype(np.float32) for ep in episodes]
+    for ep, r in zip(episodes, raw):
+        ep.set_rewards(new_data=r)
+    shared: dict = {}
+    AddOneTsToEpisodesAndTruncate()(rl_module=None, batch={}, episodes=episodes, shared_data=shared)
+    conn = StandardizedRewardConnector(window=1000)
+    metrics = MetricsLogger()
+    conn(rl_module=None, batch={}, episodes=episodes, shared_data=shared, metrics=metrics)
+    both = np.concatenate(raw)
+    new = [np.asarray(ep.get_rewards()) for ep in episodes]
+    assert all(n[-1] == 0.0 and len(n) == len(r) + 1 for n, r in zip(new, raw))
+    np.testing.assert_allclose(np.concatenate([n[:-1] for n in new]), (both - both.mean()) / both.std(), rtol=1e-4)
+    assert float(metrics.peek((ALL_MODULES, "env_reward_norm_std"))) == pytest.approx(both.std(), rel=1e-5)
+    # the window keeps only the most recent transitions: a later batch of rewards ~100 moves the mean to it
+    later = _episode(10, 2)
+    later.set_rewards(new_data=np.full(10, 100.0, np.float32))
+    conn(rl_module=None, batch={}, episodes=[later], shared_data={})
+    assert conn.recent.shape == (60,) and conn.recent[-1] == 100.0
+    small = StandardizedRewardConnector(window=10)
+    small(rl_module=None, batch={}, episodes=[_episode(30, 3)], shared_data={})
+    assert small.recent.shape == (10,)
+    with pytest.raises(ValueError):
+        StandardizedRewardConnector(window=1)
 
 
 def test_bad_backend_answers_are_errors():
