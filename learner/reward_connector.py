@@ -48,6 +48,7 @@ does not stop the learner, which says so (``learned_reward_fallback`` = 1, and t
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -59,6 +60,7 @@ import numpy as np
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core import ALL_MODULES, DEFAULT_MODULE_ID
 from ray.rllib.core.rl_module.rl_module import RLModule
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.utils.typing import EpisodeType
 
 from rlhp.types import model_actions
@@ -243,8 +245,14 @@ class StandardizedRewardConnector(ConnectorV2):
 
     For baselines only: PPO on the *true* reward at the scale the learned reward has, so that a
     comparison of the two is not one of reward scales. Sits where `LearnedRewardConnector` sits
-    (before GAE); the artificial bootstrap step keeps reward 0.0, and RLlib's episode returns (the
-    env runners' metrics) stay the raw env reward."""
+    (before GAE); the artificial bootstrap step keeps reward 0.0.
+
+    It rewrites *copies* of the episodes (replacing them in the pipeline's list): with the env
+    runner in the learner's process (``num_env_runners=0``) the chunks handed to the learner are the
+    env runner's own objects, and RLlib sums the returns of an episode's earlier chunks from them when
+    the episode ends, so rewriting them in place would report standardised returns as the env's.
+    (`LearnedRewardConnector` may rewrite in place: there the env pays 0 and the true return is
+    read from the infos.)"""
 
     def __init__(self, input_observation_space: Optional[gym.Space] = None,
                  input_action_space: Optional[gym.Space] = None, *, window: int = 5000,
@@ -258,7 +266,10 @@ class StandardizedRewardConnector(ConnectorV2):
     def __call__(self, *, rl_module: RLModule, batch: Any, episodes: List[EpisodeType],
                  explore: Optional[bool] = None, shared_data: Optional[dict] = None, metrics=None,
                  **kwargs) -> Any:
-        sa_episodes = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False))
+        if not all(isinstance(ep, SingleAgentEpisode) for ep in episodes):
+            raise TypeError("StandardizedRewardConnector takes single-agent episodes only")
+        episodes[:] = [copy.deepcopy(ep) for ep in episodes]
+        sa_episodes = list(episodes)
         bootstrap_ts = bool(shared_data and shared_data.get(_BOOTSTRAP_TS_FLAG))
         lens = [max(0, len(ep) - (1 if bootstrap_ts else 0)) for ep in sa_episodes]
         parts = [np.asarray(ep.get_rewards(slice(0, n)), dtype=np.float64) for ep, n in zip(sa_episodes, lens) if n]

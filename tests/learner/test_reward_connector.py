@@ -101,9 +101,15 @@ def test_standardised_env_reward_has_zero_mean_and_unit_std_over_the_recent_wind
     AddOneTsToEpisodesAndTruncate()(rl_module=None, batch={}, episodes=episodes, shared_data=shared)
     conn = StandardizedRewardConnector(window=1000)
     metrics = MetricsLogger()
+    originals = list(episodes)
     conn(rl_module=None, batch={}, episodes=episodes, shared_data=shared, metrics=metrics)
     both = np.concatenate(raw)
     new = [np.asarray(ep.get_rewards()) for ep in episodes]
+    # copies went on down the pipeline: the env runner's own chunks (from which RLlib sums an episode's
+    # return when it ends, in-process) keep the env's rewards
+    assert all(a is not b for a, b in zip(originals, episodes))
+    for ep, r in zip(originals, raw):
+        np.testing.assert_allclose(np.asarray(ep.get_rewards())[:-1], r)
     assert all(n[-1] == 0.0 and len(n) == len(r) + 1 for n, r in zip(new, raw))
     np.testing.assert_allclose(np.concatenate([n[:-1] for n in new]), (both - both.mean()) / both.std(), rtol=1e-4)
     assert float(metrics.peek((ALL_MODULES, "env_reward_norm_std"))) == pytest.approx(both.std(), rel=1e-5)
@@ -311,3 +317,32 @@ def test_benchmark_env_steps_per_second_with_and_without_learned_reward(ray_loca
               f"env reward (no connector) {rates['baseline']:.0f}")
     # The machine is shared: only a loose bound (the connector's own cost is ~ms per batch).
     assert rates["learned"] > 0.25 * rates["baseline"]
+
+
+def test_standardised_rewards_leave_the_reported_episode_returns_the_envs(ray_local):
+    """In-process (env runner and learner in one process, vectorised envs, as the `mujoco` preset
+    runs) RLlib sums an episode's return from the chunks it handed to the learner: they must not
+    carry the rewrite (they did: Swimmer's reported return went 20 → −20 while the env paid ~22).
+    Fixed-horizon CartPole pays 0 or 1 a step, so every raw episode return is a whole number."""
+    from ray.rllib.algorithms.ppo import PPOConfig
+    from ray.tune.registry import register_env
+
+    from actors.envs import FixedHorizonCartPole
+    from learner.reward_connector import StandardizedRewardBuilder
+
+    register_env("std-test-cartpole", lambda cfg: FixedHorizonCartPole(horizon=200))
+    config = (PPOConfig().environment("std-test-cartpole")
+              .env_runners(num_env_runners=0, num_envs_per_env_runner=2, rollout_fragment_length=75)
+              .training(train_batch_size_per_learner=150, minibatch_size=150, num_epochs=1)
+              .learners(learner_connector=StandardizedRewardBuilder()).debugging(seed=0))
+    algo = config.build_algo()
+    try:
+        returns = []
+        for _ in range(8):  # 2 envs × 75 steps an iteration: every 200-step episode spans 3 chunks
+            r = algo.train()["env_runners"]
+            returns += [float(r[k]) for k in ("episode_return_min", "episode_return_max")
+                        if not math.isnan(float(r.get(k, math.nan)))]
+    finally:
+        algo.stop()
+    assert len(returns) >= 4, returns
+    assert all(x.is_integer() and 0 <= x <= 200 for x in returns), returns
