@@ -82,13 +82,17 @@ def test_reward_service_killed_during_training(tmp_path, ray_local, free_port):
     trainer.on_iteration = on_iteration
     try:
         summary = trainer.run()
-        # the labels the restarted service lost come back to it
-        want = _trainable_labels(run_dir)
+        # the labels the restarted service lost come back to it. The synthetic teacher still answers
+        # the queries pending when the run ended (until `trainer.close()`), so the number of labels
+        # is read again each time: a label stored after a first count must not look like an extra.
         deadline = time.monotonic() + 60
         with RewardClient(address) as client:
-            while client.stats().comparisons_seen < want and time.monotonic() < deadline:
+            while True:
+                want = _trainable_labels(run_dir)
+                seen = client.stats().comparisons_seen
+                if seen == want or time.monotonic() > deadline:
+                    break
                 time.sleep(0.5)
-            seen = client.stats().comparisons_seen
     finally:
         trainer.close()
         proc.send_signal(signal.SIGTERM)
