@@ -35,6 +35,7 @@ import json
 import math
 import os
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -309,11 +310,8 @@ def _robust(pcts: list[float]) -> str:
     barely gained (a small denominator) can make the plain mean say thousands of percent."""
     if len(pcts) < 2:
         return ""
-    v = sorted(pcts)
-    mid = len(v) // 2
-    median = v[mid] if len(v) % 2 else (v[mid - 1] + v[mid]) / 2
-    capped = sum(min(x, 100.0) for x in v) / len(v)
-    return f" (median {median:.0f}%; capped at 100% per task, {capped:.0f}%)"
+    capped = sum(min(x, 100.0) for x in pcts) / len(pcts)
+    return f" (median {statistics.median(pcts):.0f}%; capped at 100% per task, {capped:.0f}%)"
 
 
 def plot_task(task: str, runs: list[dict], path: Path) -> None:

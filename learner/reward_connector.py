@@ -105,6 +105,27 @@ def resolve_backend(spec: BackendSpec) -> Any:
     raise TypeError(f"reward backend must be an address, a factory or an object with score(), got {spec!r}")
 
 
+def _real_lengths(episodes: list, shared_data: Optional[dict]) -> list[int]:
+    """Each episode's number of real transitions: without the artificial bootstrap step that
+    `AddOneTsToEpisodesAndTruncate` appended (flagged in ``shared_data``)."""
+    bootstrap_ts = bool(shared_data and shared_data.get(_BOOTSTRAP_TS_FLAG))
+    return [max(0, len(ep) - (1 if bootstrap_ts else 0)) for ep in episodes]
+
+
+def _write_rewards(episodes: list, lens: list[int], rewards: np.ndarray) -> None:
+    """Put `rewards` (the real transitions of all episodes, in order) into the episodes; the
+    bootstrap step (if any) keeps 0.0."""
+    start = 0
+    with warnings.catch_warnings():
+        # The episode's reward buffer checks `Box(()).contains(np.float32)`, which warns.
+        warnings.filterwarnings("ignore", message=".*Casting input x to numpy array.*")
+        for ep, n in zip(episodes, lens):
+            new = np.zeros(len(ep), dtype=np.float32)
+            new[:n] = rewards[start:start + n]
+            start += n
+            ep.set_rewards(new_data=new)
+
+
 class LearnedRewardConnector(ConnectorV2):
     """Replaces every episode's rewards with r̂(o_t, a_t) from one batched `score` call."""
 
@@ -148,11 +169,9 @@ class LearnedRewardConnector(ConnectorV2):
         sa_episodes = list(self.single_agent_episode_iterator(episodes, agents_that_stepped_only=False))
         if not sa_episodes:
             return batch
-        bootstrap_ts = bool(shared_data and shared_data.get(_BOOTSTRAP_TS_FLAG))
-        lens, obs_parts, act_parts = [], [], []
-        for ep in sa_episodes:
-            n = max(0, len(ep) - (1 if bootstrap_ts else 0))
-            lens.append(n)
+        lens = _real_lengths(sa_episodes, shared_data)
+        obs_parts, act_parts = [], []
+        for ep, n in zip(sa_episodes, lens):
             if n:
                 obs_parts.append(np.asarray(ep.get_observations(slice(0, n))))
                 act_parts.append(np.asarray(ep.get_actions(slice(0, n))))
@@ -180,15 +199,7 @@ class LearnedRewardConnector(ConnectorV2):
         self.last_version = int(version)
         self.last_rewards = rewards
 
-        start = 0
-        with warnings.catch_warnings():
-            # The episode's reward buffer checks `Box(()).contains(np.float32)`, which warns.
-            warnings.filterwarnings("ignore", message=".*Casting input x to numpy array.*")
-            for ep, n in zip(sa_episodes, lens):
-                new = np.zeros(len(ep), dtype=np.float32)  # the bootstrap step (if any) keeps 0.0
-                new[:n] = rewards[start:start + n]
-                start += n
-                ep.set_rewards(new_data=new)
+        _write_rewards(sa_episodes, lens, rewards)
 
         if metrics is not None:
             metrics.log_value((ALL_MODULES, VERSION_METRIC), int(version), reduce="max",
@@ -269,22 +280,14 @@ class StandardizedRewardConnector(ConnectorV2):
         if not all(isinstance(ep, SingleAgentEpisode) for ep in episodes):
             raise TypeError("StandardizedRewardConnector takes single-agent episodes only")
         episodes[:] = [copy.deepcopy(ep) for ep in episodes]
-        sa_episodes = list(episodes)
-        bootstrap_ts = bool(shared_data and shared_data.get(_BOOTSTRAP_TS_FLAG))
-        lens = [max(0, len(ep) - (1 if bootstrap_ts else 0)) for ep in sa_episodes]
-        parts = [np.asarray(ep.get_rewards(slice(0, n)), dtype=np.float64) for ep, n in zip(sa_episodes, lens) if n]
+        lens = _real_lengths(episodes, shared_data)
+        parts = [np.asarray(ep.get_rewards(slice(0, n)), dtype=np.float64) for ep, n in zip(episodes, lens) if n]
         if not parts:
             return batch
-        self.recent = np.concatenate([self.recent, *parts])[-self.window:]
+        raw = np.concatenate(parts)
+        self.recent = np.concatenate([self.recent, raw])[-self.window:]
         mean, std = float(self.recent.mean()), float(self.recent.std())
-        scale = self.target_std / max(std, 1e-8)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*Casting input x to numpy array.*")
-            for ep, n in zip(sa_episodes, lens):
-                new = np.zeros(len(ep), dtype=np.float32)
-                if n:
-                    new[:n] = (np.asarray(ep.get_rewards(slice(0, n)), dtype=np.float64) - mean) * scale
-                ep.set_rewards(new_data=new)
+        _write_rewards(episodes, lens, (raw - mean) * (self.target_std / max(std, 1e-8)))
         if metrics is not None:
             metrics.log_value((ALL_MODULES, "env_reward_norm_mean"), mean, window=1)
             metrics.log_value((ALL_MODULES, "env_reward_norm_std"), std, window=1)
