@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -126,6 +127,26 @@ def true_reward_config(config: Any, standardize: bool = False) -> Any:
 
         true.learners(learner_connector=StandardizedRewardBuilder())
     return true
+
+
+def true_curve(algo: Any, steps: float = math.inf, seconds: float = math.inf, label: str = "",
+               quiet: bool = False) -> list[dict]:
+    """Train `algo` until `steps` env steps or `seconds` of wall clock, whichever comes first; a row
+    per iteration: env steps so far, the true return (the mean of the episodes that ended in the
+    iteration, NaN if none did), seconds since the start."""
+    rows: list[dict] = []
+    t0, total = time.time(), 0
+    while total < steps and time.time() - t0 < seconds:
+        t = time.time()
+        result = algo.train()
+        n = int(result["env_runners"].get("num_env_steps_sampled", 0) or 0)
+        total += n
+        ret = float(result["env_runners"].get("episode_return_mean", math.nan))
+        rows.append(dict(env_steps=total, true_return=ret, labels=0, time_s=time.time() - t0,
+                         steps_per_s=n / max(time.time() - t, 1e-9)))
+        if not quiet and len(rows) % 10 == 0:
+            print(f"  [{label}] {total:,} steps, {time.time() - t0:.0f} s, true return {ret:.1f}", flush=True)
+    return rows
 
 
 def ray_init(num_cpus: int = 2) -> None:

@@ -9,6 +9,15 @@ Prints, per arm and seed, the true return (mean of the last 3 reported values) r
 seconds and after 50k, 100k, … env steps, and draws both curves (return vs wall seconds, return vs
 env steps). The true-reward arm's iterations in which no episode ended report no return (NaN) and
 are skipped; the rlhp arms' rows (from `metrics.csv`) repeat the last mean there instead.
+
+`--run ENV_ID` makes such a curve for any env (Atari too): RLlib on the true reward with the setup
+`rlhp train --env ENV_ID` uses (`--set rl.…` changes it), for `--seconds` of wall clock, appended
+to the results file given:
+
+    python benchmarks/preset_curves.py --run ALE/Pong-v5 --seconds 1200 --arm ppo-preset pong.json
+    python benchmarks/preset_curves.py --run ALE/Pong-v5 --seconds 1200 --arm appo-16 pong.json \\
+        --set rl.algo=appo --set rl.num_envs_per_env_runner=16
+    python benchmarks/preset_curves.py pong.json --times 300,600,900,1200 --steps 100000,300000,900000
 """
 
 from __future__ import annotations
@@ -28,13 +37,47 @@ def reached(rows: list[dict], key: str, x: float) -> float:
     return sum(done) / len(done) if done else math.nan
 
 
+def true_run(env_id: str, seconds: float, arm: str, sets: list[str], seed: int) -> dict:
+    """One true-reward run of `seconds` (see the module docstring), as a `label_efficiency.py` row."""
+    import time
+
+    import torch
+    from pipeline import ray_init, setup_for, true_curve, true_reward_config  # first: it puts the project
+    from learner.algo import build_algo_config  # before benchmarks/ on sys.path (query_service.py)
+
+    torch.set_num_threads(1)
+    ray_init()
+    algo = true_reward_config(build_algo_config(env_id, "127.0.0.1:1", seed=seed, **setup_for(env_id, sets))).build_algo()
+    t0 = time.time()
+    try:
+        rows = true_curve(algo, seconds=seconds, label=f"{env_id} {arm}")
+    finally:
+        algo.stop()
+    return dict(task=env_id, arm=arm, seed=seed, steps=rows[-1]["env_steps"] if rows else 0, sets=sets,
+                wall_s=time.time() - t0, rows=rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="+", help="results.json files of label_efficiency.py")
+    p.add_argument("results", nargs="+", help="results.json files of label_efficiency.py (with --run: the file "
+                   "the run is appended to)")
+    p.add_argument("--run", metavar="ENV_ID", help="first train on the true reward and append the run to RESULTS")
+    p.add_argument("--seconds", type=float, default=600.0, help="wall-clock budget of --run (default 600)")
+    p.add_argument("--arm", default="true", help="the run's arm name (--run)")
+    p.add_argument("--set", action="append", default=[], metavar="rl.FIELD=VALUE", help="setup change (--run)")
+    p.add_argument("--seed", type=int, default=1, help="seed of --run (default 1)")
     p.add_argument("--times", default="60,120,180,240,300", help="seconds to report")
     p.add_argument("--steps", default="50000,100000,150000,250000", help="env steps to report")
     p.add_argument("--png", help="write the figure here")
     args = p.parse_args(argv)
+    if args.run:
+        if len(args.results) != 1:
+            p.error("--run takes one results file")
+        path = Path(args.results[0])
+        done = json.loads(path.read_text()) if path.exists() else []
+        done.append(true_run(args.run, args.seconds, args.arm, args.set, args.seed))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(done))
     times = [float(t) for t in args.times.split(",")]
     steps = [int(s) for s in args.steps.split(",")]
     runs = [run for path in args.results for run in json.loads(Path(path).read_text())]
