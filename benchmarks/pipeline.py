@@ -131,9 +131,7 @@ def true_reward_config(config: Any, standardize: bool = False) -> Any:
 
 def true_curve(algo: Any, steps: float = math.inf, seconds: float = math.inf, label: str = "",
                quiet: bool = False) -> list[dict]:
-    """Train `algo` until `steps` env steps or `seconds` of wall clock, whichever comes first; a row
-    per iteration: env steps so far, the true return (the mean of the episodes that ended in the
-    iteration, NaN if none did), seconds since the start."""
+    """Train `algo` for `steps` env steps or `seconds`; a row per iteration (true return: NaN if no episode ended)."""
     rows: list[dict] = []
     t0, total = time.time(), 0
     while total < steps and time.time() - t0 < seconds:
