@@ -32,6 +32,7 @@ alone on the machine, one invocation at a time.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -167,8 +168,8 @@ def final(rows: list[dict], frac: float = 0.1, at_least: int = 3) -> float:
     """Mean of a run's last distinct per-iteration episode means (the last `frac`, at least
     `at_least`): iterations where no episode ended (NaN in true arms, the last mean repeated in
     rlhp arms) are not evaluations, so both arms are scored on the same number of episodes."""
-    vals = [v for v, p in zip((r["true_return"] for r in rows), [math.nan] + [r["true_return"] for r in rows])
-            if not math.isnan(v) and v != p]
+    returns = [math.nan] + [r["true_return"] for r in rows]
+    vals = [v for p, v in itertools.pairwise(returns) if not math.isnan(v) and v != p]
     k = max(at_least, int(len(vals) * frac))
     return sum(vals[-k:]) / len(vals[-k:]) if vals else math.nan
 
