@@ -380,6 +380,30 @@ def make_env(env_id: str, **opts: Any) -> gym.Env:
     return env
 
 
+def random_actions(space: gym.Space, scales: Sequence[float] = ()) -> Any:
+    """The random policy of the initial segments: `sample(episode)` draws one action of random
+    episode `episode`, uniformly in the action box shrunk about its centre by
+    `scales[episode % len(scales)]` (no scales: the whole box, `space.sample()`). It draws from the
+    space's own generator (`space.seed`), so a seeded run is reproducible. Raises ValueError for a
+    scale outside (0, 1] or scales on an action space that is not a bounded Box."""
+    scales = [float(s) for s in scales]
+    bad = [s for s in scales if not 0.0 < s <= 1.0]
+    if bad:
+        raise ValueError(f"random action scales must be in (0, 1], got {bad}")
+    if any(s != 1.0 for s in scales) and not (isinstance(space, gym.spaces.Box) and space.is_bounded()):
+        raise ValueError(f"random action scales need a bounded continuous (Box) action space, not {space}")
+
+    def sample(episode: int) -> Any:
+        scale = scales[episode % len(scales)] if scales else 1.0
+        action = space.sample()
+        if scale == 1.0:
+            return action
+        mid = (space.low + space.high) / 2.0
+        return (mid + scale * (action - mid)).astype(space.dtype)
+
+    return sample
+
+
 def default_segment_length(env_id: str, seconds: float = 1.5) -> int:
     """Paper: 25 steps on Atari; ~1.5 s of simulated time on MuJoCo, kept within 15–60 steps and
     within the env's episode length (Reacher's episodes are 50 steps: a longer window would never

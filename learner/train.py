@@ -167,7 +167,7 @@ class Trainer:
     # ---- the initial phase: random-policy segments, initial labels, pretraining ------------
 
     def collect_random_segments(self) -> int:
-        from actors.envs import default_segment_length, make_env
+        from actors.envs import default_segment_length, make_env, random_actions
         from actors.segments import SegmentCutter
         from query_service.client import QueryClient
 
@@ -181,6 +181,11 @@ class Trainer:
         cutter = SegmentCutter(length, self.experiment, self.cfg.env.env_id, fraction=1.0,
                                rng=self.cfg.run.seed, fps=float(getattr(env, "fps", 30.0)),
                                action_low=low, action_high=high, random_policy=True)
+        try:
+            sample = random_actions(space, self.cfg.run.random_action_scales)
+        except ValueError as e:
+            env.close()
+            raise TrainError(f"run.random_action_scales: {e}") from None
         space.seed(self.cfg.run.seed)
         client = QueryClient(self.query_address, self.producer_token)
         sent, episode, longest = 0, 0, 0
@@ -192,7 +197,7 @@ class Trainer:
                 done, steps = False, 0
                 batch = []
                 while not done and sent + len(batch) < want:
-                    action = space.sample()
+                    action = sample(episode)
                     obs, _, term, trunc, info = env.step(action)
                     steps += 1
                     rec = track.step(action, obs, info)

@@ -142,6 +142,30 @@ def test_episodes_shorter_than_a_segment_are_an_error_not_a_hang(tmp_path, capsy
         trainer.close()
 
 
+def test_random_segments_at_mixed_action_scales(tmp_path, capsys):
+    """`run.random_action_scales`: the initial random-policy episodes alternate action scales, and
+    the stored segments keep the actions as taken; a scale outside (0, 1] is a clear error."""
+    cfg = experiment.resolve("Reacher-v5", "smoke", runs_dir=str(tmp_path), name="scales",
+                             sets=["run.random_action_scales=0.1,1", "run.initial_segments=12"])
+    run_dir = tmp_path / "scales"
+    run_dir.mkdir()
+    trainer = Trainer(cfg, run_dir, out=lambda line: None)
+    try:
+        trainer.start_services()
+        assert trainer.collect_random_segments() == 12
+        store = trainer.qcore.store
+        segs = store.load_segments(trainer.experiment, store.recent_segment_ids(trainer.experiment, 100))
+    finally:
+        trainer.close()
+    peaks = sorted(float(np.abs(s.actions).max()) for s in segs.values())
+    assert len(peaks) == 12 and all(s.random_policy for s in segs.values())
+    assert max(peaks[:6]) <= 0.1 + 1e-6 and min(peaks[6:]) > 0.5  # 6 episodes at 0.1, 6 at the whole box
+    assert train_main(["--env", "Reacher-v5", "--preset", "smoke", "--runs-dir", str(tmp_path), "--name", "bad",
+                       "--set", "run.random_action_scales=0,1"]) == 1
+    err = capsys.readouterr().err
+    assert "run.random_action_scales" in err and "(0, 1]" in err and "Traceback" not in err
+
+
 def _cartpole_cfg(tmp_path: Path, name: str):
     # The `classic` preset as users get it (≤ 200 labels, 40k env steps); seed 1 of the sweep in
     # `benchmarks/label_efficiency.py --task cartpole` (docs/label_efficiency.md).
