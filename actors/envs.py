@@ -382,14 +382,16 @@ def make_env(env_id: str, **opts: Any) -> gym.Env:
 
 def random_actions(space: gym.Space, scales: Sequence[float] = ()) -> Any:
     """The random policy of the initial segments: `sample(episode)` draws one action of random
-    episode `episode`, uniformly in the action box shrunk about its centre by
-    `scales[episode % len(scales)]` (no scales: the whole box, `space.sample()`). It draws from the
-    space's own generator (`space.seed`), so a seeded run is reproducible. Raises ValueError for a
-    scale outside (0, 1] or scales on an action space that is not a bounded Box."""
+    episode `episode`: uniform in the action box, stretched about its centre by
+    `scales[episode % len(scales)]` and clipped to the box (below 1: a smaller box; 2: half of
+    each coordinate at the box's edge, as an untrained Gaussian policy acts; no scales: the box,
+    `space.sample()`). It draws from the space's own generator (`space.seed`), so a seeded run is
+    reproducible. Raises ValueError for a scale that is not a positive number or for scales on an
+    action space that is not a bounded Box."""
     scales = [float(s) for s in scales]
-    bad = [s for s in scales if not 0.0 < s <= 1.0]
+    bad = [s for s in scales if not 0.0 < s < math.inf]
     if bad:
-        raise ValueError(f"random action scales must be in (0, 1], got {bad}")
+        raise ValueError(f"random action scales must be positive numbers, got {bad}")
     if any(s != 1.0 for s in scales) and not (isinstance(space, gym.spaces.Box) and space.is_bounded()):
         raise ValueError(f"random action scales need a bounded continuous (Box) action space, not {space}")
 
@@ -399,7 +401,7 @@ def random_actions(space: gym.Space, scales: Sequence[float] = ()) -> Any:
         if scale == 1.0:
             return action
         mid = (space.low + space.high) / 2.0
-        return (mid + scale * (action - mid)).astype(space.dtype)
+        return np.clip(mid + scale * (action - mid), space.low, space.high).astype(space.dtype)
 
     return sample
 

@@ -89,9 +89,10 @@ class RunConfig:
     """Random-policy segments collected before RL starts (0: enough for the initial labels)."""
     random_action_scales: tuple[float, ...] = ()
     """Action scales of that random policy (continuous actions): random episode i acts uniformly
-    in the action box shrunk about its centre by `scales[i % len(scales)]`, each in (0, 1]; empty:
-    the whole box. Mixed scales (e.g. 0.1,0.3,1) let the first comparisons show what large actions
-    cost: Ant's control cost differs little between segments of one scale (docs/label_efficiency.md)."""
+    in the action box stretched about its centre by `scales[i % len(scales)]` and clipped to it
+    (0.1: small actions; 2: half of them at the box's edge); empty: the box. Mixed scales (e.g.
+    0.1,0.3,1,2) let the first comparisons show what large actions cost, which Reacher and Ant
+    need: their control cost differs little between segments of one scale (docs/label_efficiency.md)."""
     pretrain_steps: int = 500
     """Reward-model training steps on the initial labels before RL starts."""
     reward_steps_per_iteration: int = 0

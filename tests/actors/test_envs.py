@@ -166,15 +166,15 @@ def test_default_segment_lengths(tmp_path, monkeypatch):
     assert default_segment_length(FIXED_CARTPOLE_ID) == 25
 
 
-def test_random_actions_shrink_the_box_per_episode_and_are_reproducible():
-    """The random policy of the initial segments: episode i acts in the box shrunk by scales[i % n]
-    (mixed scales let the first labels show what large actions cost, e.g. Ant's control cost)."""
+def test_random_actions_scale_the_box_per_episode_and_are_reproducible():
+    """The random policy of the initial segments: episode i acts in the box scaled by scales[i % n]
+    and clipped to it (mixed scales let the first labels show what large actions cost)."""
     import gymnasium as gym
 
     from actors.envs import random_actions
 
     space = gym.spaces.Box(low=np.array([-1.0, 0.0], np.float32), high=np.array([1.0, 4.0], np.float32))
-    sample = random_actions(space, (0.1, 1.0))
+    sample = random_actions(space, (0.1, 1.0, 2.0))
     space.seed(3)
     small = np.array([sample(0) for _ in range(500)])
     full = np.array([sample(1) for _ in range(500)])
@@ -182,6 +182,10 @@ def test_random_actions_shrink_the_box_per_episode_and_are_reproducible():
     assert small.dtype == np.float32 and np.all(np.abs(small - mid) <= np.array([0.1, 0.2]) + 1e-6)
     assert np.all(np.abs(full - mid) <= np.array([1.0, 2.0]) + 1e-6)
     assert np.abs(full - mid).max(axis=0) == pytest.approx([1.0, 2.0], abs=0.05)  # the whole box
+    wide = np.array([sample(2) for _ in range(2000)])
+    assert np.all((wide >= space.low) & (wide <= space.high))  # clipped to the box
+    at_edge = np.isclose(wide, space.low) | np.isclose(wide, space.high)
+    assert at_edge.mean(axis=0) == pytest.approx([0.5, 0.5], abs=0.05)  # scale 2: half at the edge
     space.seed(3)
     assert np.array_equal(np.array([sample(0) for _ in range(500)]), small)
     # no scales: the space's own sampler, Discrete spaces included
@@ -189,5 +193,6 @@ def test_random_actions_shrink_the_box_per_episode_and_are_reproducible():
     assert random_actions(discrete)(7) in range(3)
     with pytest.raises(ValueError, match="bounded continuous"):
         random_actions(discrete, (0.5,))
-    with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        random_actions(space, (0.5, 1.5))
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="positive numbers"):
+            random_actions(space, (0.5, bad))

@@ -144,7 +144,7 @@ def test_episodes_shorter_than_a_segment_are_an_error_not_a_hang(tmp_path, capsy
 
 def test_random_segments_at_mixed_action_scales(tmp_path, capsys):
     """`run.random_action_scales`: the initial random-policy episodes alternate action scales, and
-    the stored segments keep the actions as taken; a scale outside (0, 1] is a clear error."""
+    the stored segments keep the actions as taken; a scale that is not positive is a clear error."""
     cfg = experiment.resolve("Reacher-v5", "smoke", runs_dir=str(tmp_path), name="scales",
                              sets=["run.random_action_scales=0.1,1", "run.initial_segments=12"])
     run_dir = tmp_path / "scales"
@@ -163,7 +163,7 @@ def test_random_segments_at_mixed_action_scales(tmp_path, capsys):
     assert train_main(["--env", "Reacher-v5", "--preset", "smoke", "--runs-dir", str(tmp_path), "--name", "bad",
                        "--set", "run.random_action_scales=0,1"]) == 1
     err = capsys.readouterr().err
-    assert "run.random_action_scales" in err and "(0, 1]" in err and "Traceback" not in err
+    assert "run.random_action_scales" in err and "positive" in err and "Traceback" not in err
 
 
 def _cartpole_cfg(tmp_path: Path, name: str):
