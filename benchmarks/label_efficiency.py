@@ -8,25 +8,21 @@
 
 Not run in CI (CI keeps one seed of the CartPole sweep: `tests/learner/test_train.py`).
 
-**cartpole** (`rlhp/FixedCartPole-v0`, the `classic` preset of `rlhp train` as it is: ≤ 200 synthetic
-labels, 40k env steps): one row per seed with the greedy policy's true return (mean of 5
-episodes, of 200), labels used, the share of EQUAL answers, corr(predicted, true) of the final
-reward model over the current policy's segments and over random-policy segments, and wall time.
-A seed passes at ≥ 160/200.
+**cartpole** (`rlhp/FixedCartPole-v0`, the `classic` preset as it is: ≤ 200 labels, 40k env steps):
+a row per seed: the greedy policy's true return (mean of 5 episodes, of 200; a seed passes at ≥ 160),
+labels, the share of EQUAL answers, the final reward model's corr(predicted, true) over the
+policy's and over random-policy segments, and wall time.
 
 **MuJoCo tasks** (`*-v5`, the `mujoco` preset): per task, PPO on the true reward (`true`) against
 rlhp with each label budget of `--labels` (synthetic teacher, 25% of the budget from
-random-policy segments up front), same PPO settings and env-step budget. The score of a run is the
-true return of its training episodes (the mean of the episodes that ended in an iteration, the same
-for both arms), averaged over its last 10% of such evaluations and at least 3; each rlhp arm is
-reported as a percentage of the true-reward arm's gain at the same steps (and, with `--arms true-std`
-run, of the stronger of it and PPO on the true reward standardised as the learned one is: zero
-mean, std 1). Curves (mean and range over seeds) go to
-`<out>/<task>.png`, every row to `<out>/results.json`.
+random-policy segments up front), same PPO settings and env-step budget. A run's score: the mean
+true return of its last evaluations (10%, ≥ 3; an evaluation = the training episodes that ended in an
+iteration), as a % of the true-reward arm's gain at the same steps (and, with `--arms true-std` run,
+of the stronger of it and PPO on the true reward standardised as the learned one is). Curves (mean
+and range over seeds): `<out>/<task>.png`; every row: `<out>/results.json`.
 
-Runs are long: every finished run is written to `results.json` at once, and a later invocation with
-the same `--out` skips the runs that are there (so the sweep can be stopped and continued). Run it
-alone on the machine, one invocation at a time.
+Each finished run is saved to `results.json` at once; a later invocation with the same `--out` skips
+the runs that are there, so a sweep can stop and go on. Run it alone on the machine, one at a time.
 """
 
 from __future__ import annotations
@@ -51,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from pipeline import ray_init, true_curve, true_reward_config  # noqa: E402
+from actors.envs import default_random_action_scales  # noqa: E402
 
 CARTPOLE = "rlhp/FixedCartPole-v0"
 CARTPOLE_PASS = 160.0
@@ -61,6 +58,7 @@ DEFAULT_STEPS = {"hopper": 1_000_000, "halfcheetah": 1_000_000, "walker2d": 1_00
                  "swimmer": 1_000_000, "reacher": 300_000, "idp": 300_000, "ant": 1_000_000}
 DOC = ROOT / "docs" / "label_efficiency.md"
 STD_ARM = "true-std"
+PRESET_VARIANT = "mix2"  # the arms of tasks with the preset's mixed random action scales (actors.envs)
 """PPO on the env reward standardised as rlhp's learned reward is (zero mean, std 1): the reference
 that leaves the reward's scale out of the comparison."""
 
@@ -285,7 +283,22 @@ def mujoco_table(runs: list[dict]) -> str:
         lines.append(f"\n**{arm}** against the stronger of `true` and `{STD_ARM}` per task: mean over "
                      f"{len(got)} tasks ({', '.join(f'{t} {v:.0f}%' for t, v in sorted(got.items()))}): "
                      f"**{sum(got.values()) / len(got):.0f}%**{_robust(list(got.values()))}.")
-    return "\n".join(lines)
+    return "\n".join(lines + _variant_lines(pcts, pcts_std))
+
+
+def _variant_lines(pcts: dict[str, dict[str, float]], pcts_std: dict[str, dict[str, float]],
+                   variant: str = PRESET_VARIANT) -> list[str]:
+    """rlhp-N scored with its `-variant` runs in place of the plain ones on the tasks that have both."""
+    lines = []
+    for which, table in (("of true-reward PPO's gain", pcts),
+                         (f"against the stronger of `true` and `{STD_ARM}`", pcts_std)):
+        for arm in sorted(a for a in table if a.count("-") == 1 and f"{a}-{variant}" in table):
+            swap = {t: v for t, v in table[f"{arm}-{variant}"].items() if t in table[arm]}
+            got = {**table[arm], **swap}
+            lines.append(f"\n**{arm} with `-{variant}` where run** ({', '.join(sorted(swap))}), {which}: mean over "
+                         f"{len(got)} tasks ({', '.join(f'{t} {v:.0f}%' for t, v in sorted(got.items()))}): "
+                         f"**{sum(got.values()) / len(got):.0f}%**{_robust(list(got.values()))}.")
+    return lines
 
 
 def _pct(finals: list[float], steps: float, true: list[dict], base: float) -> float:
@@ -329,8 +342,7 @@ def plot_task(task: str, runs: list[dict], path: Path) -> None:
                         color="black" if arm == "true" else None)
         if len(rr) > 1:
             ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("true episode return (training episodes)")
+    ax.set(xlabel="env steps", ylabel="true episode return (training episodes)")
     ax.set_title(f"{MUJOCO.get(task, task)}: learned reward vs true reward")
     ax.legend()
     ax.grid(alpha=0.3)
@@ -348,9 +360,6 @@ def write_doc(block: str, text: str) -> None:
     else:
         body = body.rstrip() + "\n\n" + new + "\n"
     DOC.write_text(body)
-
-
-# --------------------------------------------------------------------------------------------
 
 
 def _teacher(items: list[str]) -> dict[str, float]:
@@ -443,11 +452,12 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{task} {STD_ARM} seed {seed}: final {final(results[-1]['rows']):.1f}", flush=True)
                 if "rlhp" not in arms:
                     continue
+                sfx = suffix or (f"-{PRESET_VARIANT}" if default_random_action_scales(MUJOCO[task]) else "")
                 for labels in [int(x) for x in args.labels.split(",")]:
-                    arm = f"rlhp-{labels}{suffix}"
+                    arm = f"rlhp-{labels}{sfx}"
                     if done(task, arm, seed, steps):
                         continue
-                    save(mujoco_rlhp(task, steps, labels, seed, runs_dir, teacher, args.quiet, args.set, suffix))
+                    save(mujoco_rlhp(task, steps, labels, seed, runs_dir, teacher, args.quiet, args.set, sfx))
                     run = results[-1]
                     print(f"{task} {arm} seed {seed}: final {final(run['rows']):.1f}", flush=True)
     finally:

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from actors.envs import is_atari
+from actors.envs import default_random_action_scales, is_atari
 from actors.goals import default_goal_text, load_goal
 from learner.presets import PRESETS, RL_SETTINGS, preset_for
 from learner import configs
@@ -207,7 +207,8 @@ def preset(name: str | None, env_id: str) -> ExperimentConfig:
             rl=RLConfig(num_envs_per_env_runner=8),
             reward=RewardConfig(target_std=1.0),
             query=QueryConfig.mujoco(label_budget=700, total_env_steps=float(steps)),
-            run=RunConfig(max_env_steps=steps),
+            # Reacher and Ant: random segments of mixed action scales (actors.envs.MIXED_ACTION_SCALES)
+            run=RunConfig(max_env_steps=steps, random_action_scales=default_random_action_scales(env_id)),
         )
     if name == "atari":
         steps = 10_000_000

@@ -28,6 +28,17 @@ def test_set_reaches_the_config_and_rejects_bad_items():
         configs.parse_set(["no-equals-sign"])
 
 
+def test_mujoco_preset_mixes_random_action_scales_only_where_control_cost_matters():
+    """Reacher and Ant learn far better with random segments of mixed action scales; Hopper worse
+    (docs/label_efficiency.md), so the preset sets them per task and `--set` can clear them."""
+    for env_id in ("Reacher-v5", "Ant-v5"):
+        assert experiment.resolve(env_id).run.random_action_scales == (0.1, 0.3, 1.0, 2.0)
+    for env_id in ("Hopper-v5", "HalfCheetah-v5", "rlhp/FixedCartPole-v0", "ALE/Pong-v5"):
+        assert experiment.resolve(env_id).run.random_action_scales == ()
+    assert experiment.resolve("Reacher-v5", sets=["run.random_action_scales="]).run.random_action_scales == ()
+    assert experiment.resolve("Hopper-v5", sets=["run.random_action_scales=0.5,1"]).run.random_action_scales == (0.5, 1.0)
+
+
 def test_the_goal_in_words_defaults_per_env_family_and_can_be_given(tmp_path):
     from learner.train_cli import build_parser, config_from_args
 
