@@ -2,10 +2,8 @@
 
     python benchmarks/label_efficiency.py --task cartpole --seeds 10           # the reliability sweep (~20 min)
     python benchmarks/label_efficiency.py --tasks hopper,halfcheetah,reacher   # the paper's MuJoCo table (hours)
-    python benchmarks/label_efficiency.py --tasks hopper --labels 700 --seeds 1 --steps 200000
     python benchmarks/label_efficiency.py --tasks hopper --labels 700 --teacher beta=1 --name beta1
     python benchmarks/label_efficiency.py --tasks hopper --write-doc           # also update docs/label_efficiency.md
-
 Not run in CI (CI keeps one seed of the CartPole sweep: `tests/learner/test_train.py`).
 
 **cartpole** (`rlhp/FixedCartPole-v0`, the `classic` preset as it is: ≤ 200 labels, 40k env steps):
@@ -286,18 +284,20 @@ def mujoco_table(runs: list[dict]) -> str:
     return "\n".join(lines + _variant_lines(pcts, pcts_std))
 
 
-def _variant_lines(pcts: dict[str, dict[str, float]], pcts_std: dict[str, dict[str, float]],
-                   variant: str = PRESET_VARIANT) -> list[str]:
-    """rlhp-N scored with its `-variant` runs in place of the plain ones on the tasks that have both."""
+def _variant_lines(pcts: dict, pcts_std: dict, variant: str = PRESET_VARIANT) -> list[str]:
+    """rlhp-N as the preset runs it now: its `-variant` runs in place of the plain ones on the tasks
+    whose preset has mixed random action scales (`actors.envs.MIXED_ACTION_SCALES`)."""
     lines = []
     for which, table in (("of true-reward PPO's gain", pcts),
                          (f"against the stronger of `true` and `{STD_ARM}`", pcts_std)):
         for arm in sorted(a for a in table if a.count("-") == 1 and f"{a}-{variant}" in table):
-            swap = {t: v for t, v in table[f"{arm}-{variant}"].items() if t in table[arm]}
-            got = {**table[arm], **swap}
-            lines.append(f"\n**{arm} with `-{variant}` where run** ({', '.join(sorted(swap))}), {which}: mean over "
-                         f"{len(got)} tasks ({', '.join(f'{t} {v:.0f}%' for t, v in sorted(got.items()))}): "
-                         f"**{sum(got.values()) / len(got):.0f}%**{_robust(list(got.values()))}.")
+            swap = {t: v for t, v in table[f"{arm}-{variant}"].items()
+                    if t in table[arm] and default_random_action_scales(MUJOCO.get(t, t))}
+            if swap:
+                got = {**table[arm], **swap}
+                each = ", ".join(f"{t} {v:.0f}%" for t, v in sorted(got.items()))
+                lines.append(f"\n**{arm} as the preset runs it now** (`-{variant}` on {', '.join(sorted(swap))}), {which}: "
+                             f"mean over {len(got)} tasks ({each}): **{sum(got.values()) / len(got):.0f}%**{_robust(list(got.values()))}.")
     return lines
 
 

@@ -102,17 +102,19 @@ def test_the_standardised_true_arm_is_scored_against_true_and_rlhp_also_against_
     assert "rlhp-700-beta1** against" in table  # a teacher knob keeps the plain true arm, so it gets the line too
 
 
-def test_summary_scores_the_preset_variant_in_place_of_the_plain_arm_where_run(le):
+def test_summary_scores_the_preset_variant_in_place_of_the_plain_arm_where_the_preset_uses_it(le):
     runs = []
-    for task, arms in (("hopper", (("rlhp-700", 50.0), ("rlhp-700-mix2", 100.0))), ("walker2d", (("rlhp-700", 80.0),))):
+    for task, arms in (("reacher", (("rlhp-700", 50.0), ("rlhp-700-mix2", 100.0))),
+                       ("hopper", (("rlhp-700", 60.0), ("rlhp-700-mix2", 10.0))), ("walker2d", (("rlhp-700", 80.0),))):
         for arm, final in (("true", 100.0), *arms):
             run = _run(arm, 1000, [0.0] * 7 + 3 * [final], labels=700)
             run["task"] = task
             runs.append(run)
     table = le.mujoco_table(runs)
     assert le.PRESET_VARIANT == "mix2"
-    assert "**rlhp-700**: mean over 2 of 2 tasks (hopper, walker2d): **65%**" in table, table
-    # hopper's mix2 run (100%) replaces its plain one (50%); walker2d has none and keeps its 80%
-    assert "**rlhp-700 with `-mix2` where run** (hopper), of true-reward PPO's gain: mean over 2 tasks " \
-           "(hopper 100%, walker2d 80%): **90%**" in table, table
-    assert "rlhp-700-mix2 with" not in table and "rlhp-350 with" not in table
+    assert "**rlhp-700**: mean over 3 of 3 tasks (hopper, reacher, walker2d): **63%**" in table, table
+    # reacher's preset has the scales: its mix2 run (100%) replaces the plain one (50%); hopper's
+    # preset has none, so its mix2 run (10%) is not the preset's; walker2d has no mix2 run
+    assert "**rlhp-700 as the preset runs it now** (`-mix2` on reacher), of true-reward PPO's gain: mean over " \
+           "3 tasks (hopper 60%, reacher 100%, walker2d 80%): **80%**" in table, table
+    assert "rlhp-700-mix2 as" not in table and "rlhp-350 as" not in table
