@@ -66,7 +66,7 @@ scale. With 700 labels Reacher went from 43% to 94% of true-reward PPO's gain an
 
 
 def default_random_action_scales(env_id: str) -> tuple[float, ...]:
-    return MIXED_ACTION_SCALES.get(env_id.split("-v", 1)[0], ()) if is_mujoco(env_id) else ()
+    return MIXED_ACTION_SCALES.get(env_id.split("-v", 1)[0], ())
 
 
 ATARI_FPS = 60.0  # the Atari 2600 emits 60 frames per emulated second
@@ -405,13 +405,13 @@ def random_actions(space: gym.Space, scales: Sequence[float] = ()) -> Any:
         raise ValueError(f"random action scales must be positive numbers, got {bad}")
     if any(s != 1.0 for s in scales) and not (isinstance(space, gym.spaces.Box) and space.is_bounded()):
         raise ValueError(f"random action scales need a bounded continuous (Box) action space, not {space}")
+    mid = (space.low + space.high) / 2.0 if isinstance(space, gym.spaces.Box) else None
 
     def sample(episode: int) -> Any:
         scale = scales[episode % len(scales)] if scales else 1.0
         action = space.sample()
         if scale == 1.0:
             return action
-        mid = (space.low + space.high) / 2.0
         return np.clip(mid + scale * (action - mid), space.low, space.high).astype(space.dtype)
 
     return sample
