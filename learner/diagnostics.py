@@ -11,7 +11,9 @@ behaviour wrongly, which is exactly what the policy then exploits. So we report 
 `segment_metrics` computes them from the query service's segments (asked through its methods
 `recent_segment_ids` and `load_segments`, never its tables; one batched `score` call);
 `reward_fit` rolls out a finished run's saved policy and a random policy and compares per step
-(benchmarks, post-mortems).
+(benchmarks, post-mortems), and, where the env reports its reward's terms (gymnasium MuJoCo's
+``reward_forward``, ``reward_survive``, ``reward_ctrl``, ...), how much of each term the learned
+reward pays (`part_weights`): a correlation of 0.95 can hide a term the model barely learned.
 """
 
 from __future__ import annotations
@@ -70,12 +72,36 @@ def segment_metrics(segments: Any, experiment: str, backend: Any, n: int = 100) 
                 segment_corr=corr(recent), policy_corr=corr(policy), step_corr=pearson(step_pred, step_true))
 
 
+def part_weights(pred: np.ndarray, parts: dict[str, np.ndarray], true: np.ndarray) -> dict[str, float]:
+    """Least-squares weights w_k of r̂ ≈ Σ_k w_k·part_k + c over the same transitions, divided by
+    the slope s of r̂ ≈ s·r + c', so a model that pays every term of the true reward alike
+    (r = Σ_k part_k) gets 1.0 for each (``weight_<term>``); a term that varies little (a small
+    control cost) gets a poorly determined weight. Empty when the terms do not add up to the true
+    reward (an env whose info holds other ``reward_*`` entries) or cannot be told apart (a
+    constant term)."""
+    pred = np.asarray(pred, dtype=np.float64)
+    names = sorted(parts)
+    if not names or len(pred) < len(names) + 2:
+        return {}
+    X = np.column_stack([np.asarray(parts[k], dtype=np.float64) for k in names])
+    true = np.asarray(true, dtype=np.float64)
+    if np.max(np.abs(X.sum(axis=1) - true)) > 1e-4 * max(1.0, float(np.max(np.abs(true)))):
+        return {}
+    if np.any(X.std(axis=0) < 1e-9):
+        return {}
+    coef, *_ = np.linalg.lstsq(np.column_stack([X, np.ones(len(X))]), pred, rcond=None)
+    scale = float(np.polyfit(true, pred, 1)[0])
+    if not math.isfinite(scale) or abs(scale) < 1e-12:
+        return {}
+    return {f"weight_{k.removeprefix('reward_')}": float(c / scale) for k, c in zip(names, coef[:-1])}
+
+
 def reward_fit(run_dir: str | Path, episodes: int = 4, seed: int = 777) -> dict[str, float]:
     """Roll out the run's saved greedy policy and a uniformly random policy, score every
     transition with the saved reward model, and compare with the true reward: per-step corr over
     the policy's transitions (``step_corr``), segment-return corr over the policy's segments
-    (``policy_corr``) and over the random policy's (``random_corr``), and the mean true/predicted
-    return per segment of each."""
+    (``policy_corr``) and over the random policy's (``random_corr``), the mean true/predicted
+    return per segment of each, and `part_weights` over both policies' transitions together."""
     from actors.envs import default_segment_length, make_env
     from learner import experiment
     from learner.evaluate import greedy_action, load_module
@@ -89,9 +115,11 @@ def reward_fit(run_dir: str | Path, episodes: int = 4, seed: int = 777) -> dict[
     env = make_env(cfg.env.env_id, **cfg.env_options)
     env.action_space.seed(seed)
     out: dict[str, float] = {}
+    pooled: list[tuple[np.ndarray, np.ndarray, list[dict]]] = []  # (pred, true, terms) per policy
     try:
         for name in ("policy", "random"):
             obs_l, act_l, rew_l, seg_pred, seg_true, starts = [], [], [], [], [], []
+            terms: list[dict] = []
             for ep in range(episodes):
                 obs, _ = env.reset(seed=seed + ep)
                 done = False
@@ -102,6 +130,8 @@ def reward_fit(run_dir: str | Path, episodes: int = 4, seed: int = 777) -> dict[
                     o_ep.append(np.asarray(obs, dtype=np.float32))
                     a_ep.append(a)
                     r_ep.append(float(info["true_reward"]))
+                    terms.append({k: float(v) for k, v in info.items()
+                                  if k.startswith("reward_") and np.isscalar(v)})
                     obs, done = nxt, term or trunc
                 starts += [len(obs_l) + s for s in range(0, len(o_ep) - length + 1, length)]
                 obs_l += o_ep
@@ -120,6 +150,13 @@ def reward_fit(run_dir: str | Path, episodes: int = 4, seed: int = 777) -> dict[
             out[f"{name}_pred_per_segment"] = float(np.mean(seg_pred)) if seg_pred else math.nan
             if name == "policy":
                 out["step_corr"] = pearson(pred, true)
+            pooled.append((np.asarray(pred), true, terms))
     finally:
         env.close()
+    terms = [t for _, _, ts in pooled for t in ts]
+    keys = set(terms[0]) if terms else set()
+    if keys and all(set(t) == keys for t in terms):
+        out.update(part_weights(np.concatenate([p for p, _, _ in pooled]),
+                                {k: np.array([t[k] for t in terms]) for k in keys},
+                                np.concatenate([t for _, t, _ in pooled])))
     return out

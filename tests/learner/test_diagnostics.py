@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from learner.diagnostics import pearson, segment_metrics
+from learner.diagnostics import part_weights, pearson, segment_metrics
 from query_service.config import QueryConfig
 from query_service.core import QueryService
 from query_service.types import SegmentRecord
@@ -49,3 +49,39 @@ def test_policy_corr_and_step_corr_see_the_policy_segments(tmp_path):
         assert m["policy_corr"] > 0.99 and m["step_corr"] > 0.99
         assert math.isfinite(m["predicted_return"])
     assert math.isnan(pearson(np.ones(5), np.arange(5))) and math.isnan(pearson(np.arange(2), np.arange(2)))
+
+
+def _hopper_terms(rng, n=2000):
+    survive = (rng.random(n) < 0.3).astype(float)
+    forward = rng.normal(0.5, 1.0, n)
+    ctrl = -1e-3 * rng.random(n)
+    return {"reward_survive": survive, "reward_forward": forward, "reward_ctrl": ctrl}
+
+
+def test_part_weights_are_one_for_a_model_that_pays_every_term_alike():
+    rng = np.random.default_rng(0)
+    parts = _hopper_terms(rng)
+    true = sum(parts.values())
+    w = part_weights(2.5 * true + 0.3 + 0.01 * rng.normal(size=len(true)), parts, true)
+    assert set(w) == {"weight_survive", "weight_forward", "weight_ctrl"}
+    assert abs(w["weight_survive"] - 1.0) < 0.05 and abs(w["weight_forward"] - 1.0) < 0.05
+
+
+def test_part_weights_show_a_term_the_model_underpays():
+    rng = np.random.default_rng(1)
+    parts = _hopper_terms(rng)
+    true = sum(parts.values())
+    pred = 0.5 * parts["reward_survive"] + 2.0 * parts["reward_forward"] + 2.0 * parts["reward_ctrl"]
+    w = part_weights(pred, parts, true)
+    assert abs(w["weight_survive"] / w["weight_forward"] - 0.25) < 0.01
+    assert pearson(pred, true) > 0.9  # a high corr, and still a term paid at a quarter
+
+
+def test_part_weights_are_empty_when_the_terms_are_not_the_reward_or_do_not_vary():
+    rng = np.random.default_rng(2)
+    parts = _hopper_terms(rng)
+    true = sum(parts.values())
+    assert part_weights(true, parts, true + 1.0) == {}  # the terms do not add up to the reward
+    parts["reward_survive"] = np.ones(len(true))
+    assert part_weights(true, parts, sum(parts.values())) == {}  # a constant term
+    assert part_weights(np.zeros(0), {}, np.zeros(0)) == {}
