@@ -25,8 +25,8 @@ def run(task: str, weight: float, seed: int, steps: int, quiet: bool) -> dict:
     from pipeline import true_reward_config  # first: it puts the project before benchmarks/ on sys.path
     from ray.rllib.callbacks.callbacks import RLlibCallback
 
-    import label_efficiency as le
-    from learner.algo import build_algo_config
+    from learner.algo import build_algo_config  # imports the query_service package before
+    import label_efficiency as le  # label_efficiency puts benchmarks/ (its query_service.py) first
 
     class HealthySteps(RLlibCallback):
         def on_episode_step(self, *, episode, **kwargs):
@@ -67,15 +67,17 @@ def run(task: str, weight: float, seed: int, steps: int, quiet: bool) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="hopper", choices=["hopper", "walker2d", "ant"])
-    p.add_argument("--weight", type=float, default=0.3, help="healthy bonus while training (default 0.3; the env's is 1)")
+    p.add_argument("--weight", type=float, default=0.3,
+                   help="healthy bonus while training, in (0, 10] (default 0.3; the env's is 1; at 0 the env "
+                        "would no longer say which steps are healthy)")
     p.add_argument("--seeds", type=int, default=6)
     p.add_argument("--seed0", type=int, default=1)
     p.add_argument("--steps", type=int, default=150_000)
     p.add_argument("--out", required=True, help="JSON file of the runs (rows as label_efficiency.py writes them)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    if not 0.0 <= args.weight <= 10.0 or args.steps < 1 or args.seeds < 1:
-        p.error("--weight must be in [0, 10], --steps and --seeds ≥ 1")
+    if not 0.0 < args.weight <= 10.0 or args.steps < 1 or args.seeds < 1:
+        p.error("--weight must be in (0, 10], --steps and --seeds ≥ 1")
 
     from pipeline import ray_init  # first: it puts the project before benchmarks/ on sys.path
     import torch

@@ -77,21 +77,29 @@ def part_weights(pred: np.ndarray, parts: dict[str, np.ndarray], true: np.ndarra
     the slope s of r̂ ≈ s·r + c', so a model that pays every term of the true reward alike
     (r = Σ_k part_k) gets 1.0 for each (``weight_<term>``); a term that varies little (a small
     control cost) gets a poorly determined weight. Empty when the terms do not add up to the true
-    reward (an env whose info holds other ``reward_*`` entries) or cannot be told apart (a
-    constant term)."""
+    reward (an env whose info holds other ``reward_*`` entries), cannot be told apart (a constant
+    term, two terms that move together) or hold a NaN/inf: a diagnostic never fails a run."""
     pred = np.asarray(pred, dtype=np.float64)
     names = sorted(parts)
     if not names or len(pred) < len(names) + 2:
         return {}
     X = np.column_stack([np.asarray(parts[k], dtype=np.float64) for k in names])
     true = np.asarray(true, dtype=np.float64)
+    if X.shape[0] != len(pred) or true.shape != pred.shape:
+        return {}
+    if not (np.isfinite(X).all() and np.isfinite(true).all() and np.isfinite(pred).all()):
+        return {}
     if np.max(np.abs(X.sum(axis=1) - true)) > 1e-4 * max(1.0, float(np.max(np.abs(true)))):
         return {}
-    if np.any(X.std(axis=0) < 1e-9):
+    if np.any(X.std(axis=0) < 1e-9) or true.std() < 1e-9:
         return {}
-    coef, *_ = np.linalg.lstsq(np.column_stack([X, np.ones(len(X))]), pred, rcond=None)
-    scale = float(np.polyfit(true, pred, 1)[0])
-    if not math.isfinite(scale) or abs(scale) < 1e-12:
+    A = np.column_stack([X, np.ones(len(X))])
+    try:
+        coef, _, rank, _ = np.linalg.lstsq(A, pred, rcond=None)
+        scale = float(np.polyfit(true, pred, 1)[0])
+    except np.linalg.LinAlgError:
+        return {}
+    if rank < A.shape[1] or not math.isfinite(scale) or abs(scale) < 1e-12:
         return {}
     return {f"weight_{k.removeprefix('reward_')}": float(c / scale) for k, c in zip(names, coef[:-1])}
 
@@ -130,8 +138,8 @@ def reward_fit(run_dir: str | Path, episodes: int = 4, seed: int = 777) -> dict[
                     o_ep.append(np.asarray(obs, dtype=np.float32))
                     a_ep.append(a)
                     r_ep.append(float(info["true_reward"]))
-                    terms.append({k: float(v) for k, v in info.items()
-                                  if k.startswith("reward_") and np.isscalar(v)})
+                    terms.append({k: float(v) for k, v in info.items() if k.startswith("reward_")
+                                  and isinstance(v, (int, float, np.number)) and not isinstance(v, bool)})
                     obs, done = nxt, term or trunc
                 starts += [len(obs_l) + s for s in range(0, len(o_ep) - length + 1, length)]
                 obs_l += o_ep

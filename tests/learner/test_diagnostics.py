@@ -85,3 +85,19 @@ def test_part_weights_are_empty_when_the_terms_are_not_the_reward_or_do_not_vary
     parts["reward_survive"] = np.ones(len(true))
     assert part_weights(true, parts, sum(parts.values())) == {}  # a constant term
     assert part_weights(np.zeros(0), {}, np.zeros(0)) == {}
+
+
+def test_part_weights_are_empty_rather_than_failing_on_nan_cancelling_or_twin_terms():
+    rng = np.random.default_rng(3)
+    parts = _hopper_terms(rng)
+    true = sum(parts.values())
+    bad = dict(parts, reward_forward=parts["reward_forward"].copy())
+    bad["reward_forward"][5] = np.nan
+    assert part_weights(true, bad, true) == {}
+    pred = true.copy()
+    pred[7] = np.inf
+    assert part_weights(pred, parts, true) == {}
+    x = rng.normal(size=len(true))  # two terms that cancel: the true reward is constant
+    assert part_weights(x, {"reward_a": x, "reward_b": 1.0 - x}, np.ones(len(x))) == {}
+    # twin terms cannot be told apart
+    assert part_weights(2 * x, {"reward_a": x / 2, "reward_b": x / 2}, x) == {}
