@@ -22,11 +22,11 @@ from pathlib import Path
 
 
 def run(task: str, weight: float, seed: int, steps: int, quiet: bool) -> dict:
-    from pipeline import true_reward_config  # first: it puts the project before benchmarks/ on sys.path
+    import pipeline  # noqa: F401  (first: it puts the project before benchmarks/ on sys.path)
     from ray.rllib.callbacks.callbacks import RLlibCallback
 
-    from learner.algo import build_algo_config  # imports the query_service package before
-    import label_efficiency as le  # label_efficiency puts benchmarks/ (its query_service.py) first
+    import learner.algo  # noqa: F401  (imports the query_service package before label_efficiency
+    import label_efficiency as le  # puts benchmarks/, with its query_service.py, first on sys.path)
 
     class HealthySteps(RLlibCallback):
         def on_episode_step(self, *, episode, **kwargs):
@@ -38,13 +38,8 @@ def run(task: str, weight: float, seed: int, steps: int, quiet: bool) -> dict:
             metrics_logger.log_value("healthy_steps", float(episode.custom_data.get("healthy", 0)),
                                      reduce="mean", window=100)
 
-    cfg = le.mujoco_config(le.MUJOCO[task], steps, 4, seed, Path("/tmp"), f"{task}-healthy{weight}-s{seed}", {},
-                           [f"env.env_opts.healthy_reward={weight}"])
-    rl = cfg.rl
-    config = true_reward_config(build_algo_config(
-        cfg.env.env_id, "127.0.0.1:1", algo=rl.algo, num_env_runners=rl.num_env_runners,
-        num_envs_per_env_runner=rl.num_envs_per_env_runner, num_learners=rl.num_learners,
-        env_opts=cfg.env_options, seed=seed, **dict(rl.overrides)))
+    config = le.true_config(task, steps, seed, Path("/tmp"), f"{task}-healthy{weight}-s{seed}",
+                            [f"env.env_opts.healthy_reward={weight}"])
     config.callbacks(HealthySteps)
     algo = config.build_algo()
     rows, total, t0 = [], 0, time.time()

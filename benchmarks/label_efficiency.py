@@ -6,21 +6,19 @@
     python benchmarks/label_efficiency.py --tasks hopper --write-doc           # also update docs/label_efficiency.md
 Not run in CI (CI keeps one seed of the CartPole sweep: `tests/learner/test_train.py`).
 
-**cartpole** (`rlhp/FixedCartPole-v0`, the `classic` preset as it is: ≤ 200 labels, 40k env steps):
-a row per seed: the greedy policy's true return (mean of 5 episodes, of 200; a seed passes at ≥ 160),
-labels, the share of EQUAL answers, the final reward model's corr(predicted, true) over the
-policy's and over random-policy segments, and wall time.
+**cartpole** (`rlhp/FixedCartPole-v0`, the `classic` preset as it is: ≤ 200 labels, 40k env steps): a row
+per seed: the greedy policy's true return (mean of 5 episodes, of 200; a seed passes at ≥ 160), labels, the
+share of EQUAL answers, the final reward model's corr(predicted, true) over the policy's and over
+random-policy segments, and wall time.
 
-**MuJoCo tasks** (`*-v5`, the `mujoco` preset): per task, PPO on the true reward (`true`) against
-rlhp with each label budget of `--labels` (synthetic teacher, 25% of the budget from
-random-policy segments up front), same PPO settings and env-step budget. A run's score: the mean
-true return of its last evaluations (10%, ≥ 3; an evaluation = the training episodes that ended in an
-iteration), as a % of the true-reward arm's gain at the same steps (and, with `--arms true-std` run,
-of the stronger of it and PPO on the true reward standardised as the learned one is). Curves (mean
-and range over seeds): `<out>/<task>.png`; every row: `<out>/results.json`.
-
-Each finished run is saved to `results.json` at once; a later invocation with the same `--out` skips
-the runs that are there, so a sweep can stop and go on. Run it alone on the machine, one at a time.
+**MuJoCo tasks** (`*-v5`, the `mujoco` preset): per task, PPO on the true reward (`true`) against rlhp with
+each label budget of `--labels` (synthetic teacher, 25% of the budget from random-policy segments up
+front), same PPO settings and env-step budget. A run's score: the mean true return of its last evaluations
+(10%, ≥ 3; an evaluation = the training episodes that ended in an iteration), as a % of the true-reward
+arm's gain at the same steps (and, with `--arms true-std` run, of the stronger of it and PPO on the true
+reward standardised as the learned one is). Curves (mean and range over seeds): `<out>/<task>.png`; every
+row: `<out>/results.json`, saved as each run ends: a later invocation with the same `--out` skips the runs
+that are there, so a sweep can stop and go on. Run it alone on the machine, one at a time.
 """
 
 from __future__ import annotations
@@ -56,9 +54,9 @@ DEFAULT_STEPS = {"hopper": 1_000_000, "halfcheetah": 1_000_000, "walker2d": 1_00
                  "swimmer": 1_000_000, "reacher": 300_000, "idp": 300_000, "ant": 1_000_000}
 DOC = ROOT / "docs" / "label_efficiency.md"
 STD_ARM = "true-std"
-PRESET_VARIANT = "mix2"  # the arms of tasks with the preset's mixed random action scales (actors.envs)
 """PPO on the env reward standardised as rlhp's learned reward is (zero mean, std 1): the reference
 that leaves the reward's scale out of the comparison."""
+PRESET_VARIANT = "mix2"  # the arms of tasks with the preset's mixed random action scales (actors.envs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,28 +134,29 @@ def mujoco_rlhp(task: str, steps: int, labels: int, seed: int, runs_dir: Path, t
                 fit=fit, rows=[{k: r.get(k, math.nan) for k in keep} for r in rows])
 
 
-def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool, sets: list[str] | None = None,
-                suffix: str = "", standardize: bool = False) -> dict:
-    """PPO on the env reward with the rlhp arms' settings (and their `--set`, e.g. env options);
-    `standardize`: at the learned reward's scale (arm `true-std`, see `true_reward_config`)."""
+def true_config(task: str, steps: int, seed: int, runs_dir: Path, name: str, sets: list[str] | None = None,
+                standardize: bool = False) -> Any:
+    """RLlib's config of PPO on the env reward with the rlhp arms' settings (and their `--set`, e.g. env
+    options); `standardize`: at the learned reward's scale (arm `true-std`, see `true_reward_config`)."""
     from learner.algo import build_algo_config
 
-    cfg = mujoco_config(MUJOCO[task], steps, 4, seed, runs_dir, f"{task}-true{suffix}-n{steps}-s{seed}", {}, sets)
-    rl = cfg.rl
-    learned = build_algo_config(cfg.env.env_id, "127.0.0.1:1", algo=rl.algo, num_env_runners=rl.num_env_runners,
-                               num_envs_per_env_runner=rl.num_envs_per_env_runner, num_learners=rl.num_learners,
-                               env_opts=cfg.env_options, seed=seed, **dict(rl.overrides))
-    algo = true_reward_config(learned, standardize=standardize).build_algo()
+    rl = (cfg := mujoco_config(MUJOCO[task], steps, 4, seed, runs_dir, name, {}, sets)).rl
+    return true_reward_config(build_algo_config(
+        cfg.env.env_id, "127.0.0.1:1", algo=rl.algo, num_env_runners=rl.num_env_runners, num_learners=rl.num_learners,
+        num_envs_per_env_runner=rl.num_envs_per_env_runner, env_opts=cfg.env_options, seed=seed, **dict(rl.overrides)),
+        standardize=standardize)
+
+
+def mujoco_true(task: str, steps: int, seed: int, runs_dir: Path, quiet: bool, sets: list[str] | None = None,
+                suffix: str = "", standardize: bool = False) -> dict:
+    """PPO on the env reward (`true_config`), as a results row."""
+    algo = true_config(task, steps, seed, runs_dir, f"{task}-true{suffix}-n{steps}-s{seed}", sets, standardize).build_algo()
     t0 = time.time()
     try:
         rows = true_curve(algo, steps=steps, label=f"{task} true seed {seed}", quiet=quiet)
     finally:
         algo.stop()
     return dict(task=task, arm=f"true{suffix}", seed=seed, steps=steps, wall_s=time.time() - t0, rows=rows)
-
-
-# --------------------------------------------------------------------------------------------
-# Tables and curves
 
 
 def final(rows: list[dict], frac: float = 0.1, at_least: int = 3) -> float:
